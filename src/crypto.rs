@@ -1,0 +1,287 @@
+//! Envelope encryption: per-user keys from HKDF-SHA256, secrets sealed with
+//! XChaCha20-Poly1305 and bound to their master key id, user and provider.
+//!
+//! `docs/FORMAT.md` describes every byte here; keep the two in step.
+
+use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::keyring::{MasterKey, MASTER_KEY_LEN};
+
+/// The first byte of every sealed blob, and of its associated data.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const NONCE_LEN: usize = 24;
+pub(crate) const TAG_LEN: usize = 16;
+const HEADER_LEN: usize = 1 + NONCE_LEN;
+const HKDF_SALT: &[u8] = b"tower-byok v1";
+
+/// Appends `bytes` with its length as a 4-byte big-endian prefix, so that no two
+/// different field lists encode to the same bytes.
+fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("fields are bounded far below 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn hkdf_32(ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
+    let mut encoded = Vec::new();
+    for field in info {
+        push_lp(&mut encoded, field);
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(HKDF_SALT), ikm)
+        .expand(&encoded, out.as_mut_slice())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    out
+}
+
+/// The cipher for one user under one master key.
+///
+/// Deriving it costs two HMACs; a load derives it once per user and master key and
+/// opens all of that user's rows with it.
+pub(crate) struct UserCipher<'k> {
+    master: &'k MasterKey,
+    aead: XChaCha20Poly1305,
+}
+
+impl<'k> UserCipher<'k> {
+    pub(crate) fn new(master: &'k MasterKey, user_id: &str) -> Self {
+        let key = hkdf_32(master.bytes(), &[b"user-key", user_id.as_bytes()]);
+        Self {
+            master,
+            aead: XChaCha20Poly1305::new(Key::from_slice(key.as_slice())),
+        }
+    }
+
+    pub(crate) fn key_id(&self) -> &str {
+        self.master.id()
+    }
+
+    /// Seals `plaintext` under a fresh random nonce: `version || nonce || ciphertext || tag`.
+    pub(crate) fn seal(&self, user_id: &str, provider: &str, plaintext: &[u8]) -> Vec<u8> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let mut blob = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+        blob.push(FORMAT_VERSION);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(plaintext);
+        let aad = associated_data(self.key_id(), user_id, provider);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&nonce, &aad, &mut blob[HEADER_LEN..])
+            .expect("plaintexts are bounded far below the XChaCha20 limit");
+        blob.extend_from_slice(&tag);
+        blob
+    }
+
+    /// Opens a blob sealed by [`seal`](Self::seal) for the same user and provider.
+    ///
+    /// Every failure, whatever its cause, is the same opaque [`ErrorKind::Decrypt`].
+    pub(crate) fn open(
+        &self,
+        user_id: &str,
+        provider: &str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let decrypt = || Error::new(ErrorKind::Decrypt);
+        if blob.len() < HEADER_LEN + TAG_LEN || blob[0] != FORMAT_VERSION {
+            return Err(decrypt());
+        }
+        let nonce = XNonce::from_slice(&blob[1..HEADER_LEN]);
+        let (body, tag) = blob[HEADER_LEN..].split_at(blob.len() - HEADER_LEN - TAG_LEN);
+        let mut plaintext = Zeroizing::new(body.to_vec());
+        let aad = associated_data(self.key_id(), user_id, provider);
+        self.aead
+            .decrypt_in_place_detached(nonce, &aad, &mut plaintext, Tag::from_slice(tag))
+            .map_err(|_| decrypt())?;
+        Ok(plaintext)
+    }
+
+    /// Opens a blob and checks that it holds UTF-8 text.
+    pub(crate) fn open_text(
+        &self,
+        user_id: &str,
+        provider: &str,
+        blob: &[u8],
+    ) -> Result<Zeroizing<String>> {
+        let mut bytes = self.open(user_id, provider, blob)?;
+        let owned = std::mem::take(&mut *bytes);
+        match String::from_utf8(owned) {
+            Ok(text) => Ok(Zeroizing::new(text)),
+            Err(e) => {
+                // Zeroize the bytes that came back inside the error before dropping them.
+                drop(Zeroizing::new(e.into_bytes()));
+                Err(Error::new(ErrorKind::Decrypt))
+            }
+        }
+    }
+}
+
+/// `version || lp(key_id) || lp(user_id) || lp(provider)`.
+pub(crate) fn associated_data(key_id: &str, user_id: &str, provider: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(1 + 12 + key_id.len() + user_id.len() + provider.len());
+    aad.push(FORMAT_VERSION);
+    push_lp(&mut aad, key_id.as_bytes());
+    push_lp(&mut aad, user_id.as_bytes());
+    push_lp(&mut aad, provider.as_bytes());
+    aad
+}
+
+/// The vault's own random secret, kept sealed in the check record (user id `""`,
+/// provider `""`, which no real row can have). Keys for fingerprints and audit user
+/// references are derived from it, so they survive master-key rotation.
+#[derive(Clone)]
+pub(crate) struct VaultSecret {
+    fingerprint_key: Zeroizing<[u8; 32]>,
+    user_ref_key: Zeroizing<[u8; 32]>,
+}
+
+/// The user id and provider under which the vault secret is sealed.
+pub(crate) const CHECK_RECORD_SCOPE: (&str, &str) = ("", "");
+
+impl VaultSecret {
+    pub(crate) fn generate() -> Zeroizing<[u8; MASTER_KEY_LEN]> {
+        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
+        let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        bytes.copy_from_slice(&key);
+        bytes
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != MASTER_KEY_LEN {
+            return Err(Error::new(ErrorKind::Decrypt));
+        }
+        Ok(Self {
+            fingerprint_key: hkdf_32(bytes, &[b"fingerprint"]),
+            user_ref_key: hkdf_32(bytes, &[b"user-ref"]),
+        })
+    }
+
+    /// A short, keyed fingerprint of a secret: 8 hex digits, enough to tell keys apart on
+    /// screen, and useless for guessing the secret without the master key.
+    pub(crate) fn fingerprint(&self, secret: &str) -> String {
+        hex(&hmac(&self.fingerprint_key, secret.as_bytes())[..4])
+    }
+
+    /// The keyed hash that stands for a user id in audit records and log lines.
+    pub(crate) fn user_ref(&self, user_id: &str) -> String {
+        hex(&hmac(&self.user_ref_key, user_id.as_bytes())[..16])
+    }
+}
+
+fn hmac(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(msg);
+    mac.finalize().into_bytes().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, byte: u8) -> MasterKey {
+        MasterKey::from_bytes(id, [byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_binds_every_field() {
+        let k1 = key("k1", 1);
+        let alice = UserCipher::new(&k1, "alice");
+        let blob = alice.seal("alice", "openai", b"sk-secret");
+        assert_eq!(blob.len(), 1 + NONCE_LEN + 9 + TAG_LEN);
+        assert_eq!(
+            &*alice.open_text("alice", "openai", &blob).unwrap(),
+            "sk-secret"
+        );
+
+        // Another provider, another user, another key with the same id: all fail.
+        assert_eq!(
+            alice.open("alice", "gemini", &blob).unwrap_err().kind(),
+            ErrorKind::Decrypt
+        );
+        let bob = UserCipher::new(&k1, "bob");
+        assert!(bob.open("bob", "openai", &blob).is_err());
+        assert!(
+            bob.open("alice", "openai", &blob).is_err(),
+            "bob's derived key"
+        );
+        let other = key("k1", 2);
+        assert!(UserCipher::new(&other, "alice")
+            .open("alice", "openai", &blob)
+            .is_err());
+        let renamed = key("k2", 1);
+        assert!(UserCipher::new(&renamed, "alice")
+            .open("alice", "openai", &blob)
+            .is_err());
+    }
+
+    #[test]
+    fn associated_data_is_unambiguous() {
+        assert_ne!(
+            associated_data("k", "a|b", "c"),
+            associated_data("k", "a", "b|c")
+        );
+        assert_ne!(
+            associated_data("k", "ab", "c"),
+            associated_data("k", "a", "bc")
+        );
+        assert_eq!(
+            associated_data("k1", "u", "p"),
+            [
+                &[1u8, 0, 0, 0, 2][..],
+                b"k1",
+                &[0, 0, 0, 1],
+                b"u",
+                &[0, 0, 0, 1],
+                b"p"
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn rejects_every_flipped_byte_and_truncation() {
+        let k1 = key("k1", 7);
+        let c = UserCipher::new(&k1, "u");
+        let blob = c.seal("u", "p", b"0123456789abcdef");
+        for i in 0..blob.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = blob.clone();
+                bad[i] ^= bit;
+                assert_eq!(
+                    c.open("u", "p", &bad).unwrap_err().kind(),
+                    ErrorKind::Decrypt,
+                    "byte {i}"
+                );
+            }
+        }
+        for len in 0..blob.len() {
+            assert!(c.open("u", "p", &blob[..len]).is_err(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn keyed_hashes_are_stable_and_short() {
+        let v = VaultSecret::from_bytes(&[9; 32]).unwrap();
+        assert_eq!(v.fingerprint("sk-1"), v.fingerprint("sk-1"));
+        assert_ne!(v.fingerprint("sk-1"), v.fingerprint("sk-2"));
+        assert_eq!(v.fingerprint("sk-1").len(), 8);
+        assert_eq!(v.user_ref("alice").len(), 32);
+        let w = VaultSecret::from_bytes(&[8; 32]).unwrap();
+        assert_ne!(v.user_ref("alice"), w.user_ref("alice"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The crate's error type.
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+
+/// A boxed error from a lower layer (the database driver, the file system).
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What went wrong, for matching on an [`Error`].
+///
+/// New kinds may be added in minor releases, so matches need a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A user id was empty, longer than 255 bytes, or otherwise unusable.
+    InvalidUserId,
+    /// A provider name does not match `[a-z0-9][a-z0-9_.-]{0,63}` after lowercasing.
+    InvalidProvider,
+    /// A secret was empty, longer than 16 KiB, or rejected by a validator.
+    InvalidSecret,
+    /// An audit actor name is not 1 to 64 characters of `[A-Za-z0-9_.:@-]`.
+    InvalidActor,
+    /// A master keyring (its text, a key's length or encoding, its ids) is unusable.
+    InvalidKeyring,
+    /// A stored secret could not be opened: tampered with, truncated, moved to another
+    /// user or provider, or sealed under a different key with the same id.
+    ///
+    /// Deliberately says nothing more: the reason a decryption fails is not the caller's
+    /// business, and telling it apart helps an attacker.
+    Decrypt,
+    /// A stored row names a master key id the keyring does not hold.
+    UnknownMasterKey,
+    /// The keyring cannot read this database: none of its keys opens the vault's check
+    /// record. Raised when the vault is opened, never at a user's first request.
+    WrongMasterKey,
+    /// The database failed or could not be reached.
+    Store,
+    /// The database schema is unknown to this version of the crate, or a migration failed.
+    Migration,
+    /// An operation did not finish within its deadline.
+    Timeout,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::InvalidUserId => "invalid user id",
+            Self::InvalidProvider => "invalid provider name",
+            Self::InvalidSecret => "invalid secret",
+            Self::InvalidActor => "invalid audit actor",
+            Self::InvalidKeyring => "invalid master keyring",
+            Self::Decrypt => "a stored key could not be decrypted",
+            Self::UnknownMasterKey => "a stored key names a master key the keyring does not hold",
+            Self::WrongMasterKey => "the master keyring cannot read this database",
+            Self::Store => "key store error",
+            Self::Migration => "key store migration error",
+            Self::Timeout => "operation timed out",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The error type of every fallible operation in this crate.
+///
+/// Match on [`Error::kind`]. The message says what failed and, where it helps, which
+/// limit or input position; it never contains a secret, key material or a user id, and
+/// neither does its `Debug` form.
+pub struct Error {
+    kind: ErrorKind,
+    detail: Option<Cow<'static, str>>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Self {
+        Self {
+            kind,
+            detail: None,
+            source: None,
+        }
+    }
+
+    /// Adds a detail to the message. Callers pass only text they built themselves from
+    /// limits, positions and names of variables or files, never input values.
+    pub(crate) fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    pub(crate) fn store(source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::Store).with_source(source)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.describe())?;
+        if let Some(detail) = &self.detail {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    // Hand-written: a derived Debug would print the driver error's Debug form, which for
+    // PostgreSQL includes the server's `DETAIL` line, and that can quote row values.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(detail) = &self.detail {
+            d.field("detail", detail);
+        }
+        if let Some(source) = &self.source {
+            d.field("source", &format_args!("{source}"));
+        }
+        d.finish()
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Self::new(kind)
+    }
+}
+
+/// A `Result` whose error is this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,190 @@
+//! What a handler gets: one user's decrypted provider keys.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use zeroize::Zeroizing;
+
+/// Where a key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// The user's own key, from the vault's database.
+    Database,
+    /// An environment variable, through the single-developer fallback
+    /// ([`ByokLayer::with_dev_env_fallback`](crate::ByokLayer::with_dev_env_fallback)).
+    Environment,
+}
+
+/// One provider's secret for one user.
+///
+/// The plaintext is reachable only through [`expose_secret`](Self::expose_secret); it is
+/// zeroized when the last clone of the key set holding it is dropped, and `Debug` prints
+/// `[REDACTED]` in its place.
+pub struct ProviderKey {
+    provider: Box<str>,
+    secret: Zeroizing<String>,
+    source: KeySource,
+    expires_at: Option<SystemTime>,
+}
+
+impl ProviderKey {
+    pub(crate) fn new(
+        provider: impl Into<Box<str>>,
+        secret: Zeroizing<String>,
+        source: KeySource,
+        expires_at: Option<SystemTime>,
+    ) -> Self {
+        Self {
+            provider: provider.into(),
+            secret,
+            source,
+            expires_at,
+        }
+    }
+
+    /// The normalized provider name, e.g. `"openai"`.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The secret in plain text, to hand to the provider's client. Do not log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Where the key came from.
+    pub fn source(&self) -> KeySource {
+        self.source
+    }
+
+    /// When the key stops being served, if ever.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+
+    /// The masked display form: at most the first and last four characters.
+    pub fn masked(&self) -> String {
+        crate::validate::mask(&self.secret)
+    }
+}
+
+impl fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderKey")
+            .field("provider", &self.provider)
+            .field("secret", &"[REDACTED]")
+            .field("source", &self.source)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// One user's provider keys, as the layer puts them into each request's extensions.
+///
+/// Cloning is one reference-count increment. Lookups take the provider name in any case.
+///
+/// ```
+/// # fn use_keys(keys: &tower_byok::UserKeys) {
+/// if let Some(key) = keys.get("openai") {
+///     let bearer = format!("Bearer {}", key.expose_secret());
+///     // ... call the provider with `bearer`
+/// # let _ = bearer;
+/// }
+/// let missing: Vec<&str> = ["openai", "exa"].into_iter().filter(|p| !keys.contains(p)).collect();
+/// # let _ = missing;
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct UserKeys {
+    keys: Arc<[ProviderKey]>,
+}
+
+impl UserKeys {
+    /// Builds a key set; `keys` must be sorted by provider with no duplicates.
+    pub(crate) fn from_sorted(keys: Vec<ProviderKey>) -> Self {
+        debug_assert!(keys.windows(2).all(|w| w[0].provider < w[1].provider));
+        Self { keys: keys.into() }
+    }
+
+    /// The key for `provider`, if the user has one.
+    pub fn get(&self, provider: &str) -> Option<&ProviderKey> {
+        let found = |p: &str| {
+            self.keys
+                .binary_search_by(|k| k.provider().cmp(p))
+                .ok()
+                .map(|i| &self.keys[i])
+        };
+        if provider.bytes().any(|b| b.is_ascii_uppercase()) {
+            found(&provider.to_ascii_lowercase())
+        } else {
+            found(provider)
+        }
+    }
+
+    /// Whether the user has a key for `provider`.
+    pub fn contains(&self, provider: &str) -> bool {
+        self.get(provider).is_some()
+    }
+
+    /// The providers the user has keys for, in alphabetical order.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(ProviderKey::provider)
+    }
+
+    /// All keys, ordered by provider.
+    pub fn iter(&self) -> impl Iterator<Item = &ProviderKey> {
+        self.keys.iter()
+    }
+
+    /// How many keys the user has.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the user has no keys.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The earliest expiry among the keys, if any expires.
+    pub(crate) fn earliest_expiry(&self) -> Option<SystemTime> {
+        self.keys.iter().filter_map(|k| k.expires_at).min()
+    }
+}
+
+impl fmt::Debug for UserKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserKeys")
+            .field("providers", &self.providers().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One stored key as [`Vault::list`](crate::Vault::list) shows it: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The normalized provider name.
+    pub provider: String,
+    /// At most the first and last four characters, e.g. `sk-p…x9Qa`.
+    pub masked: String,
+    /// A short keyed fingerprint: equal keys of one vault have equal fingerprints.
+    pub fingerprint: String,
+    /// The id of the master key the secret is sealed under.
+    pub key_id: String,
+    /// When the key was first stored.
+    pub created_at: SystemTime,
+    /// When the key was last replaced.
+    pub updated_at: SystemTime,
+    /// When the key stops being served, if ever.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl KeyInfo {
+    /// Whether the key's expiry has passed (it is no longer served).
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|at| at <= SystemTime::now())
+    }
+}

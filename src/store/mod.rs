@@ -1,0 +1,487 @@
+//! Where sealed keys live: the [`KeyStore`] trait and its SQL backends.
+//!
+//! A store keeps bytes it cannot read. Sealing, opening and every check happen in the
+//! [`Vault`](crate::Vault) before a row reaches the store and after it leaves, so a store
+//! needs no key material and a new backend is a few queries.
+//!
+//! The two built-in backends share their queries: only the schema (in
+//! `migrations/<backend>/`), the connection set-up and how a migration takes its lock
+//! differ.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Result;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use self::sqlite::SqliteStore;
+
+/// One sealed key, as a store keeps it. Times are Unix milliseconds.
+///
+/// `Debug` leaves out the user id and the sealed bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The user the key belongs to.
+    pub user_id: String,
+    /// The normalized provider name.
+    pub provider: String,
+    /// The id of the master key the blob is sealed under.
+    pub key_id: String,
+    /// `version || nonce || ciphertext || tag`, see `docs/FORMAT.md`.
+    pub sealed: Vec<u8>,
+    /// The masked display form, computed when the key was written.
+    pub hint: String,
+    /// A short keyed fingerprint of the secret, computed when the key was written.
+    pub fingerprint: String,
+    /// When the key was first stored.
+    pub created_at: i64,
+    /// When the key was last replaced or re-sealed.
+    pub updated_at: i64,
+    /// When the key stops being served, if ever.
+    pub expires_at: Option<i64>,
+}
+
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("provider", &self.provider)
+            .field("key_id", &self.key_id)
+            .field("hint", &self.hint)
+            .field("fingerprint", &self.fingerprint)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an audit record says happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AuditAction {
+    /// A key was stored for a provider that had none.
+    Put,
+    /// A key replaced an earlier one for the same provider.
+    Replace,
+    /// A key was deleted.
+    Delete,
+}
+
+impl AuditAction {
+    /// The name stored in the audit table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::Replace => "replace",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Parses a name stored in the audit table.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "put" => Self::Put,
+            "replace" => Self::Replace,
+            "delete" => Self::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// One audit record: who did what to which provider key of which user, and when.
+///
+/// The user appears only as a keyed hash ([`user_ref`](Self::user_ref)); no secret is
+/// ever part of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When, in Unix milliseconds.
+    pub at: i64,
+    /// The user, as a keyed hash of the user id (HMAC-SHA256, truncated, hex).
+    pub user_ref: String,
+    /// The provider whose key changed.
+    pub provider: String,
+    /// What happened.
+    pub action: AuditAction,
+    /// Who did it, as the application named itself to the vault.
+    pub actor: String,
+}
+
+/// The storage a [`Vault`](crate::Vault) runs on.
+///
+/// Implemented by [`SqliteStore`] and [`PostgresStore`]. Every write method writes its
+/// audit records in the same transaction as the change, so a change without its record
+/// cannot happen.
+pub trait KeyStore: Send + Sync + 'static {
+    /// Creates or upgrades the schema. Idempotent; safe to run from several processes.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// All rows of one user, expired ones included, ordered by provider.
+    fn fetch_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// One row.
+    fn fetch_key(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> impl Future<Output = Result<Option<StoredKey>>> + Send;
+
+    /// Inserts the row, or replaces the row for the same user and provider (keeping its
+    /// `created_at`), and writes `audit` with the action set to [`AuditAction::Put`] or
+    /// [`AuditAction::Replace`]. Returns the action taken.
+    fn upsert(
+        &self,
+        row: &StoredKey,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<AuditAction>> + Send;
+
+    /// Deletes one provider's row of a user, or all the user's rows when `provider` is
+    /// `None`, writing one `audit` record per deleted row (its provider filled in).
+    /// Returns the deleted providers.
+    fn delete(
+        &self,
+        user_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// The check records: `(master key id, sealed vault secret)`.
+    fn check_records(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
+
+    /// Adds a check record unless one exists for that key id; returns whether it added.
+    fn add_check_record(
+        &self,
+        key_id: &str,
+        sealed: &[u8],
+        at: i64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Audit records, oldest first: of one user when `user_ref` is given, else of all.
+    fn audit_trail(
+        &self,
+        user_ref: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// [`KeyStore`] made object safe, so that [`Vault`](crate::Vault) is one type whatever
+/// its backend. The box costs nanoseconds on a path that waits on a database.
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn fetch_key<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredKey>>>;
+    fn upsert<'a>(
+        &'a self,
+        row: &'a StoredKey,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<AuditAction>>;
+    fn delete<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: Option<&'a str>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    fn audit_trail<'a>(
+        &'a self,
+        user_ref: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>>>;
+}
+
+impl<S: KeyStore> DynStore for S {
+    fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
+        Box::pin(KeyStore::fetch_user(self, user_id))
+    }
+    fn fetch_key<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredKey>>> {
+        Box::pin(KeyStore::fetch_key(self, user_id, provider))
+    }
+    fn upsert<'a>(
+        &'a self,
+        row: &'a StoredKey,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<AuditAction>> {
+        Box::pin(KeyStore::upsert(self, row, audit))
+    }
+    fn delete<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: Option<&'a str>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(KeyStore::delete(self, user_id, provider, audit))
+    }
+    fn audit_trail<'a>(
+        &'a self,
+        user_ref: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AuditRecord>>> {
+        Box::pin(KeyStore::audit_trail(self, user_ref))
+    }
+}
+
+/// One embedded migration.
+struct Migration {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+}
+
+/// The crate's own migrations table: apart from sqlx's `_sqlx_migrations`, so a host
+/// application's `sqlx::migrate!` on the same database neither sees nor trips on ours.
+const MIGRATIONS_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS byok_migrations (\
+    version BIGINT PRIMARY KEY, \
+    description TEXT NOT NULL, \
+    checksum TEXT NOT NULL, \
+    applied_at BIGINT NOT NULL)";
+
+fn checksum(sql: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    crate::vault::unix_ms(std::time::SystemTime::now())
+}
+
+/// The queries both SQL backends share, written once. `$pool` is an expression for the
+/// `sqlx::Pool`, `$begin` one for a future of a write transaction.
+macro_rules! sql_key_store {
+    ($store:ty, $db:ty) => {
+        impl $crate::store::KeyStore for $store {
+            async fn migrate(&self) -> $crate::Result<()> {
+                self.run_migrations().await
+            }
+
+            async fn fetch_user(&self, user_id: &str) -> $crate::Result<Vec<$crate::store::StoredKey>> {
+                let rows = sqlx::query(concat!(
+                    "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+                    "FROM byok_keys WHERE user_id = $1 ORDER BY provider"
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::store)?;
+                rows.iter().map(Self::stored_key).collect()
+            }
+
+            async fn fetch_key(
+                &self,
+                user_id: &str,
+                provider: &str,
+            ) -> $crate::Result<Option<$crate::store::StoredKey>> {
+                let row = sqlx::query(concat!(
+                    "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+                    "FROM byok_keys WHERE user_id = $1 AND provider = $2"
+                ))
+                .bind(user_id)
+                .bind(provider)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($crate::Error::store)?;
+                row.as_ref().map(Self::stored_key).transpose()
+            }
+
+            async fn upsert(
+                &self,
+                row: &$crate::store::StoredKey,
+                audit: &$crate::store::AuditRecord,
+            ) -> $crate::Result<$crate::store::AuditAction> {
+                let mut tx = self.begin_write().await?;
+                // The write comes first so that SQLite takes its write lock at once.
+                let created_at: i64 = sqlx::query_scalar(concat!(
+                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
+                    "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
+                    "ON CONFLICT (user_id, provider) DO UPDATE SET key_id = excluded.key_id, ",
+                    "sealed = excluded.sealed, hint = excluded.hint, fingerprint = excluded.fingerprint, ",
+                    "updated_at = excluded.updated_at, expires_at = excluded.expires_at ",
+                    "RETURNING created_at"
+                ))
+                .bind(&row.user_id)
+                .bind(&row.provider)
+                .bind(&row.key_id)
+                .bind(&row.sealed)
+                .bind(&row.hint)
+                .bind(&row.fingerprint)
+                .bind(row.updated_at)
+                .bind(row.expires_at)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err($crate::Error::store)?;
+                let action = if created_at == row.updated_at {
+                    $crate::store::AuditAction::Put
+                } else {
+                    $crate::store::AuditAction::Replace
+                };
+                Self::insert_audit(&mut tx, audit, &row.provider, action).await?;
+                tx.commit().await.map_err($crate::Error::store)?;
+                Ok(action)
+            }
+
+            async fn delete(
+                &self,
+                user_id: &str,
+                provider: Option<&str>,
+                audit: &$crate::store::AuditRecord,
+            ) -> $crate::Result<Vec<String>> {
+                let mut tx = self.begin_write().await?;
+                let deleted: Vec<String> = sqlx::query_scalar(
+                    "DELETE FROM byok_keys WHERE user_id = $1 AND ($2 IS NULL OR provider = $2) RETURNING provider",
+                )
+                .bind(user_id)
+                .bind(provider)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err($crate::Error::store)?;
+                for provider in &deleted {
+                    Self::insert_audit(&mut tx, audit, provider, $crate::store::AuditAction::Delete).await?;
+                }
+                tx.commit().await.map_err($crate::Error::store)?;
+                Ok(deleted)
+            }
+
+            async fn check_records(&self) -> $crate::Result<Vec<(String, Vec<u8>)>> {
+                sqlx::query_as("SELECT key_id, sealed FROM byok_check ORDER BY created_at")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::Error::store)
+            }
+
+            async fn add_check_record(&self, key_id: &str, sealed: &[u8], at: i64) -> $crate::Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO byok_check (key_id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
+                )
+                .bind(key_id)
+                .bind(sealed)
+                .bind(at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::Error::store)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn audit_trail(
+                &self,
+                user_ref: Option<&str>,
+            ) -> $crate::Result<Vec<$crate::store::AuditRecord>> {
+                let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(concat!(
+                    "SELECT at, user_ref, provider, action, actor FROM byok_audit ",
+                    "WHERE $1 IS NULL OR user_ref = $1 ORDER BY id"
+                ))
+                .bind(user_ref)
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::store)?;
+                rows.into_iter()
+                    .map(|(at, user_ref, provider, action, actor)| {
+                        let action = $crate::store::AuditAction::parse(&action).ok_or_else(|| {
+                            $crate::Error::new($crate::ErrorKind::Store).with_detail("unknown audit action")
+                        })?;
+                        Ok($crate::store::AuditRecord { at, user_ref, provider, action, actor })
+                    })
+                    .collect()
+            }
+        }
+
+        impl $store {
+            fn stored_key(row: &<$db as sqlx::Database>::Row) -> $crate::Result<$crate::store::StoredKey> {
+                use sqlx::Row as _;
+                let get = |e| $crate::Error::store(e);
+                Ok($crate::store::StoredKey {
+                    user_id: row.try_get("user_id").map_err(get)?,
+                    provider: row.try_get("provider").map_err(get)?,
+                    key_id: row.try_get("key_id").map_err(get)?,
+                    sealed: row.try_get("sealed").map_err(get)?,
+                    hint: row.try_get("hint").map_err(get)?,
+                    fingerprint: row.try_get("fingerprint").map_err(get)?,
+                    created_at: row.try_get("created_at").map_err(get)?,
+                    updated_at: row.try_get("updated_at").map_err(get)?,
+                    expires_at: row.try_get("expires_at").map_err(get)?,
+                })
+            }
+
+            async fn insert_audit(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                audit: &$crate::store::AuditRecord,
+                provider: &str,
+                action: $crate::store::AuditAction,
+            ) -> $crate::Result<()> {
+                sqlx::query(
+                    "INSERT INTO byok_audit (at, user_ref, provider, action, actor) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(audit.at)
+                .bind(&audit.user_ref)
+                .bind(provider)
+                .bind(action.as_str())
+                .bind(&audit.actor)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::Error::store)?;
+                Ok(())
+            }
+
+            /// Applies the embedded migrations not yet recorded, in one transaction, under
+            /// the backend's migration lock.
+            async fn run_migrations(&self) -> $crate::Result<()> {
+                use $crate::error::{Error, ErrorKind};
+                let fail = |e| Error::new(ErrorKind::Migration).with_source(e);
+                let mut tx = self.begin_migration().await?;
+                sqlx::Executor::execute(&mut *tx, $crate::store::MIGRATIONS_TABLE_DDL)
+                    .await
+                    .map_err(fail)?;
+                let applied: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT version, checksum FROM byok_migrations ORDER BY version")
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                let known = Self::MIGRATIONS;
+                if let Some((version, _)) = applied.iter().find(|(v, _)| !known.iter().any(|m| m.version == *v)) {
+                    return Err(Error::new(ErrorKind::Migration).with_detail(format!(
+                        "the database has tower-byok migration {version}, which this version of the crate does not know; upgrade the crate"
+                    )));
+                }
+                for m in known {
+                    let sum = $crate::store::checksum(m.sql);
+                    match applied.iter().find(|(v, _)| *v == m.version) {
+                        Some((_, stored)) if *stored == sum => continue,
+                        Some(_) => {
+                            return Err(Error::new(ErrorKind::Migration)
+                                .with_detail(format!("migration {} was changed after it was applied", m.version)))
+                        }
+                        None => {}
+                    }
+                    sqlx::Executor::execute(&mut *tx, m.sql).await.map_err(fail)?;
+                    sqlx::query(
+                        "INSERT INTO byok_migrations (version, description, checksum, applied_at) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(m.version)
+                    .bind(m.description)
+                    .bind(sum)
+                    .bind($crate::store::now_ms())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                }
+                tx.commit().await.map_err(fail)
+            }
+        }
+    };
+}
+use sql_key_store;

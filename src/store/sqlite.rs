@@ -1,0 +1,116 @@
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use super::{sql_key_store, Migration};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The embedded default backend: a SQLite file (WAL mode) or an in-memory database.
+///
+/// ```
+/// use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_byok::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("keys.db");
+/// let store = SqliteStore::open(&path).await?; // creates the file if needed
+/// let vault = Vault::open(store, Keyring::new(MasterKey::generate("k1")?)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    const MIGRATIONS: &'static [Migration] = &[Migration {
+        version: 1,
+        description: "init",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    }];
+
+    /// Opens (creating if needed) a database file in WAL mode, with a busy timeout and
+    /// full fsync on commit, so a stored key survives a crash right after `put` returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Store`] when the file cannot be opened or created.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        Self::connect_with(options, 8).await
+    }
+
+    /// Connects with a `sqlite:` URL, e.g. `sqlite://keys.db?mode=rwc` or `sqlite::memory:`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Store`] when the URL is malformed or the database cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url).map_err(Error::store)?;
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        Self::connect_with(options, if in_memory { 1 } else { 8 }).await
+    }
+
+    /// A private in-memory database, gone when the store is dropped: for tests.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Store`] when SQLite cannot be started.
+    pub async fn in_memory() -> Result<Self> {
+        Self::connect_with(SqliteConnectOptions::new().in_memory(true), 1).await
+    }
+
+    /// Wraps a pool the application already has. Its settings are the application's;
+    /// WAL mode and a busy timeout are strongly advised.
+    pub fn from_pool(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn connect_with(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let mut pool = SqlitePoolOptions::new().max_connections(max_connections);
+        if max_connections == 1 {
+            // An in-memory database lives as long as its one connection: keep it open.
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool.connect_with(options).await.map_err(Error::store)?;
+        Ok(Self { pool })
+    }
+
+    /// A transaction that takes SQLite's write lock at `BEGIN`, so that two writers wait
+    /// for each other (busy timeout) instead of failing on a lock upgrade.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::store)
+    }
+
+    async fn begin_migration(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.begin_write()
+            .await
+            .map_err(|e| Error::new(ErrorKind::Migration).with_source(e))
+    }
+}
+
+sql_key_store!(SqliteStore, Sqlite);

@@ -1,0 +1,127 @@
+//! Input limits shared by the vault and the layer, and the masked display form.
+
+use std::borrow::Cow;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The longest user id accepted, in bytes.
+pub const MAX_USER_ID_LEN: usize = 255;
+/// The longest provider name accepted, in bytes.
+pub const MAX_PROVIDER_LEN: usize = 64;
+/// The largest secret accepted, in bytes: room for a cloud service-account JSON file.
+pub const MAX_SECRET_LEN: usize = 16 * 1024;
+
+pub(crate) fn user_id(id: &str) -> Result<&str> {
+    if id.is_empty() || id.len() > MAX_USER_ID_LEN {
+        return Err(
+            Error::new(ErrorKind::InvalidUserId).with_detail("a user id must be 1 to 255 bytes")
+        );
+    }
+    Ok(id)
+}
+
+/// Lowercases a provider name and checks it against `[a-z0-9][a-z0-9_.-]{0,63}`.
+///
+/// Borrows when the name is already normalized, so the common case does not allocate.
+pub(crate) fn provider(name: &str) -> Result<Cow<'_, str>> {
+    let bad = || {
+        Error::new(ErrorKind::InvalidProvider)
+            .with_detail("a provider name must match [a-z0-9][a-z0-9_.-]{0,63}")
+    };
+    let name = name.trim();
+    if name.is_empty() || name.len() > MAX_PROVIDER_LEN {
+        return Err(bad());
+    }
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    let bytes = name.as_bytes();
+    let first_ok = bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit();
+    let rest_ok = bytes[1..]
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'));
+    if first_ok && rest_ok {
+        Ok(name)
+    } else {
+        Err(bad())
+    }
+}
+
+pub(crate) fn secret(secret: &str) -> Result<()> {
+    if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
+        return Err(
+            Error::new(ErrorKind::InvalidSecret).with_detail("a secret must be 1 byte to 16 KiB")
+        );
+    }
+    Ok(())
+}
+
+/// The display form of a secret: at most its first and last four characters.
+///
+/// Shorter secrets show less (a quarter of their characters at each end, rounded down,
+/// so a secret under 8 characters shows none), and surrounding whitespace is ignored so
+/// a JSON credential does not show its braces and newlines.
+pub(crate) fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.trim().chars().collect();
+    let shown = (chars.len() / 4).min(4);
+    let printable = |s: &[char]| s.iter().all(|c| !c.is_control());
+    let head = &chars[..shown];
+    let tail = &chars[chars.len() - shown..];
+    let mut out = String::with_capacity(2 * shown + 3);
+    if printable(head) {
+        out.extend(head);
+    }
+    out.push('…');
+    if printable(tail) {
+        out.extend(tail);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_are_normalized_and_checked() {
+        assert_eq!(provider(" OpenAI ").unwrap(), "openai");
+        assert!(matches!(provider("gemini").unwrap(), Cow::Borrowed(_)));
+        assert_eq!(provider("azure.openai-eu_1").unwrap(), "azure.openai-eu_1");
+        assert_eq!(provider(&"a".repeat(64)).unwrap().len(), 64);
+        for bad in ["", "-x", "_x", "a|b", "a b", "ключ", &"a".repeat(65)] {
+            assert_eq!(
+                provider(bad).unwrap_err().kind(),
+                ErrorKind::InvalidProvider,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn user_ids_and_secrets_have_limits() {
+        assert!(user_id(&"u".repeat(255)).is_ok());
+        assert_eq!(user_id("").unwrap_err().kind(), ErrorKind::InvalidUserId);
+        assert_eq!(
+            user_id(&"u".repeat(256)).unwrap_err().kind(),
+            ErrorKind::InvalidUserId
+        );
+        assert!(secret(&"s".repeat(MAX_SECRET_LEN)).is_ok());
+        assert_eq!(secret("").unwrap_err().kind(), ErrorKind::InvalidSecret);
+        assert_eq!(
+            secret(&"s".repeat(MAX_SECRET_LEN + 1)).unwrap_err().kind(),
+            ErrorKind::InvalidSecret
+        );
+    }
+
+    #[test]
+    fn masks_show_at_most_four_and_four() {
+        assert_eq!(mask("sk-proj-abcdefghijklmnop1234"), "sk-p…1234");
+        assert_eq!(mask("abcdefghij"), "ab…ij");
+        assert_eq!(mask("abcdefg"), "a…g");
+        assert_eq!(mask("abc"), "…");
+        assert_eq!(mask("{\n \"type\": \"service_account\"\n}\n"), "…");
+        assert_eq!(mask("ключ-секрет-длинный"), "ключ…нный");
+    }
+}
