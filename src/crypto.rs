@@ -275,6 +275,23 @@ mod tests {
     }
 
     #[test]
+    fn a_hundred_thousand_seals_never_repeat_a_nonce() {
+        let k1 = key("k1", 3);
+        let c = UserCipher::new(&k1, "u");
+        let mut seen = std::collections::HashSet::with_capacity(100_000);
+        for _ in 0..100_000 {
+            let blob = c.seal("u", "p", b"x");
+            let nonce: [u8; NONCE_LEN] = blob[1..HEADER_LEN].try_into().unwrap();
+            assert!(
+                seen.insert(nonce),
+                "nonce repeated after {} seals",
+                seen.len()
+            );
+        }
+        assert_eq!(seen.len(), 100_000);
+    }
+
+    #[test]
     fn keyed_hashes_are_stable_and_short() {
         let v = VaultSecret::from_bytes(&[9; 32]).unwrap();
         assert_eq!(v.fingerprint("sk-1"), v.fingerprint("sk-1"));

@@ -1,0 +1,309 @@
+//! Test fixtures shared by the integration tests: a fresh real database per test on
+//! each backend, and raw SQL access to it for tampering.
+//!
+//! PostgreSQL tests run when the crate is built with `--features postgres`; they need
+//! `BYOK_TEST_POSTGRES_URL` (set by `.ci/test`, which starts a throwaway server) and
+//! fail, rather than skip, without it.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
+
+/// Instantiates each listed `async fn name(backend: Backend)` once per backend.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    #[cfg(feature = "postgres")]
+    Postgres,
+}
+
+/// Vault settings a test may change.
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    pub cache_ttl: Duration,
+    pub load_timeout: Duration,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(30),
+            load_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A fresh database of one backend, with raw access for the tests that tamper.
+pub struct TestDb {
+    pub backend: Backend,
+    _dir: Option<tempfile::TempDir>,
+    sqlite_path: PathBuf,
+    #[cfg(feature = "postgres")]
+    pg: Option<sqlx::postgres::PgConnectOptions>,
+}
+
+/// The fixed master key most tests use.
+pub fn keyring() -> Keyring {
+    Keyring::new(master("k1", 7))
+}
+
+pub fn master(id: &str, byte: u8) -> MasterKey {
+    MasterKey::from_bytes(id, [byte; 32]).unwrap()
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let sqlite_path = dir.path().join("keys.db");
+                Self {
+                    backend,
+                    _dir: Some(dir),
+                    sqlite_path,
+                    #[cfg(feature = "postgres")]
+                    pg: None,
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => Self {
+                backend,
+                _dir: None,
+                sqlite_path: PathBuf::new(),
+                pg: Some(fresh_pg_database().await),
+            },
+        }
+    }
+
+    pub async fn open(&self, keyring: Keyring) -> tower_byok::Result<Vault> {
+        self.open_with(keyring, Opts::default()).await
+    }
+
+    pub async fn open_with(&self, keyring: Keyring, opts: Opts) -> tower_byok::Result<Vault> {
+        match self.backend {
+            Backend::Sqlite => {
+                let store = SqliteStore::open(&self.sqlite_path).await?;
+                Vault::builder(store, keyring)
+                    .cache_ttl(opts.cache_ttl)
+                    .load_timeout(opts.load_timeout)
+                    .open()
+                    .await
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(2))
+                    .connect_with(self.pg.clone().unwrap())
+                    .await
+                    .map_err(|_| tower_byok::ErrorKind::Store)?;
+                Vault::builder(tower_byok::PostgresStore::from_pool(pool), keyring)
+                    .cache_ttl(opts.cache_ttl)
+                    .load_timeout(opts.load_timeout)
+                    .open()
+                    .await
+            }
+        }
+    }
+
+    /// Runs SQL with no parameters; returns rows affected.
+    pub async fn exec(&self, sql: &str) -> u64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = self.sqlite_pool().await;
+                let done = sqlx::query(sql).execute(&pool).await.unwrap();
+                pool.close().await;
+                done.rows_affected()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = self.pg_pool().await;
+                let done = sqlx::query(sql).execute(&pool).await.unwrap();
+                pool.close().await;
+                done.rows_affected()
+            }
+        }
+    }
+
+    /// The sealed blob of one row.
+    pub async fn blob(&self, user: &str, provider: &str) -> Vec<u8> {
+        const SQL: &str = "SELECT sealed FROM byok_keys WHERE user_id = $1 AND provider = $2";
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = self.sqlite_pool().await;
+                let blob = sqlx::query_scalar(SQL)
+                    .bind(user)
+                    .bind(provider)
+                    .fetch_one(&pool)
+                    .await;
+                pool.close().await;
+                blob.unwrap()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = self.pg_pool().await;
+                let blob = sqlx::query_scalar(SQL)
+                    .bind(user)
+                    .bind(provider)
+                    .fetch_one(&pool)
+                    .await;
+                pool.close().await;
+                blob.unwrap()
+            }
+        }
+    }
+
+    /// Overwrites the sealed blob of one row.
+    pub async fn set_blob(&self, user: &str, provider: &str, blob: &[u8]) {
+        const SQL: &str = "UPDATE byok_keys SET sealed = $3 WHERE user_id = $1 AND provider = $2";
+        let affected = match self.backend {
+            Backend::Sqlite => {
+                let pool = self.sqlite_pool().await;
+                let done = sqlx::query(SQL)
+                    .bind(user)
+                    .bind(provider)
+                    .bind(blob)
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+                done.unwrap().rows_affected()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = self.pg_pool().await;
+                let done = sqlx::query(SQL)
+                    .bind(user)
+                    .bind(provider)
+                    .bind(blob)
+                    .execute(&pool)
+                    .await;
+                pool.close().await;
+                done.unwrap().rows_affected()
+            }
+        };
+        assert_eq!(affected, 1, "set_blob matched no row");
+    }
+
+    /// Runs a host application's own sqlx migrations (`tests/host_migrations/<backend>`)
+    /// with sqlx's migrator, on its default `_sqlx_migrations` table.
+    pub async fn run_host_migrations(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/host_migrations");
+        match self.backend {
+            Backend::Sqlite => {
+                let migrator = sqlx::migrate::Migrator::new(dir.join("sqlite")).await?;
+                let pool = self.sqlite_pool().await;
+                let result = migrator.run(&pool).await;
+                pool.close().await;
+                result
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let migrator = sqlx::migrate::Migrator::new(dir.join("postgres")).await?;
+                let pool = self.pg_pool().await;
+                let result = migrator.run(&pool).await;
+                pool.close().await;
+                result
+            }
+        }
+    }
+
+    async fn sqlite_pool(&self) -> sqlx::SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&self.sqlite_path)
+            .create_if_missing(true)
+            .busy_timeout(Duration::from_secs(10));
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn pg_pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(self.pg.clone().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// The PostgreSQL URL of this test's database.
+    #[cfg(feature = "postgres")]
+    pub fn pg_options(&self) -> sqlx::postgres::PgConnectOptions {
+        self.pg.clone().unwrap()
+    }
+}
+
+/// The server URL the PostgreSQL tests use. Fails loudly when unset: a PostgreSQL test
+/// that silently skipped would pass without testing anything.
+#[cfg(feature = "postgres")]
+pub fn pg_server_url() -> String {
+    std::env::var("BYOK_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "BYOK_TEST_POSTGRES_URL is not set. Run the suite with `bash .ci/test`, which starts \
+             a throwaway PostgreSQL server, or point the variable at a server you own; or run \
+             `cargo test` without `--features postgres` for the SQLite tests only."
+        )
+    })
+}
+
+/// Creates an empty database on the test server and returns options to reach it.
+#[cfg(feature = "postgres")]
+async fn fresh_pg_database() -> sqlx::postgres::PgConnectOptions {
+    use std::str::FromStr as _;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let server = sqlx::postgres::PgConnectOptions::from_str(&pg_server_url()).unwrap();
+    let name = format!(
+        "byok_t_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    );
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(server.clone())
+        .await
+        .expect("connect to the PostgreSQL test server");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    server.database(&name)
+}
+
+/// A unique suffix for names within one test binary.
+pub fn unique() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
