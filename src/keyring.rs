@@ -220,10 +220,13 @@ impl Keyring {
             Error::new(ErrorKind::InvalidKeyring).with_detail(format!("{origin}, entry {n}: {why}"))
         };
         let mut keys: Vec<MasterKey> = Vec::new();
+        // Comment lines go first, so that a comma inside a comment splits nothing.
         let entries = text
-            .split(['\n', ','])
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .flat_map(|line| line.split(','))
             .map(str::trim)
-            .filter(|e| !e.is_empty() && !e.starts_with('#'));
+            .filter(|e| !e.is_empty());
         for (i, entry) in entries.enumerate() {
             let n = i + 1;
             let (id, b64) = entry
@@ -317,6 +320,7 @@ fn decode_key(text: &str) -> std::result::Result<Zeroizing<[u8; MASTER_KEY_LEN]>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -326,7 +330,7 @@ mod tests {
     fn parses_entries_in_order_with_comments_and_commas() {
         let k2 = MasterKey::generate("k2").unwrap();
         let text = format!(
-            "# comment\n{}\n\n k1 : {SECRET_B64} ",
+            "# a comment, with a comma\n{}\n\n k1 : {SECRET_B64} ",
             &*k2.expose_keyring_line()
         );
         let ring = Keyring::parse(&text).unwrap();

@@ -44,6 +44,15 @@ impl ProviderKey {
         }
     }
 
+    fn duplicate(&self) -> Self {
+        Self::new(
+            self.provider.clone(),
+            self.secret.clone(),
+            self.source,
+            self.expires_at,
+        )
+    }
+
     /// The normalized provider name, e.g. `"openai"`.
     pub fn provider(&self) -> &str {
         &self.provider
@@ -146,6 +155,26 @@ impl UserKeys {
     /// Whether the user has no keys.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// This set, plus the keys of `fallback` for providers this set lacks.
+    pub(crate) fn or_else_from(self, fallback: &UserKeys) -> Self {
+        if fallback.keys.iter().all(|k| self.contains(k.provider())) {
+            return self;
+        }
+        let mut keys: Vec<ProviderKey> = self
+            .keys
+            .iter()
+            .chain(
+                fallback
+                    .keys
+                    .iter()
+                    .filter(|k| !self.contains(k.provider())),
+            )
+            .map(ProviderKey::duplicate)
+            .collect();
+        keys.sort_by(|a, b| a.provider.cmp(&b.provider));
+        Self::from_sorted(keys)
     }
 
     /// The earliest expiry among the keys, if any expires.

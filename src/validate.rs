@@ -81,6 +81,7 @@ pub(crate) fn mask(secret: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -619,3 +619,21 @@ async fn host_migrations_and_ours_coexist_in_both_orders(backend: Backend) {
         1
     );
 }
+
+/// A replacement within the same millisecond as the first write is still a replace.
+#[tokio::test]
+async fn a_quick_replace_is_audited_as_replace() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let vault = db.open(keyring()).await.unwrap();
+    for i in 0..50 {
+        let user = format!("u{i}");
+        assert_eq!(
+            vault.put(&user, "openai", "sk-1").await.unwrap(),
+            AuditAction::Put
+        );
+        assert_eq!(
+            vault.put(&user, "openai", "sk-2").await.unwrap(),
+            AuditAction::Replace
+        );
+    }
+}

@@ -305,14 +305,21 @@ macro_rules! sql_key_store {
                 audit: &$crate::store::AuditRecord,
             ) -> $crate::Result<$crate::store::AuditAction> {
                 let mut tx = self.begin_write().await?;
-                // The write comes first so that SQLite takes its write lock at once.
-                let created_at: i64 = sqlx::query_scalar(concat!(
+                // Inside the write transaction (SQLite: already holding the write lock), so
+                // the answer cannot change before the upsert below.
+                let existed: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM byok_keys WHERE user_id = $1 AND provider = $2")
+                        .bind(&row.user_id)
+                        .bind(&row.provider)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::Error::store)?;
+                sqlx::query(concat!(
                     "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
                     "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
                     "ON CONFLICT (user_id, provider) DO UPDATE SET key_id = excluded.key_id, ",
                     "sealed = excluded.sealed, hint = excluded.hint, fingerprint = excluded.fingerprint, ",
-                    "updated_at = excluded.updated_at, expires_at = excluded.expires_at ",
-                    "RETURNING created_at"
+                    "updated_at = excluded.updated_at, expires_at = excluded.expires_at"
                 ))
                 .bind(&row.user_id)
                 .bind(&row.provider)
@@ -322,13 +329,13 @@ macro_rules! sql_key_store {
                 .bind(&row.fingerprint)
                 .bind(row.updated_at)
                 .bind(row.expires_at)
-                .fetch_one(&mut *tx)
+                .execute(&mut *tx)
                 .await
                 .map_err($crate::Error::store)?;
-                let action = if created_at == row.updated_at {
-                    $crate::store::AuditAction::Put
-                } else {
+                let action = if existed.is_some() {
                     $crate::store::AuditAction::Replace
+                } else {
+                    $crate::store::AuditAction::Put
                 };
                 Self::insert_audit(&mut tx, audit, &row.provider, action).await?;
                 tx.commit().await.map_err($crate::Error::store)?;

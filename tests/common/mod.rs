@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
@@ -306,4 +307,137 @@ async fn fresh_pg_database() -> sqlx::postgres::PgConnectOptions {
 pub fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a [`Probed`] store reports, and the hold it can put on one load.
+#[derive(Clone, Default)]
+pub struct Probe {
+    loads: Arc<std::sync::atomic::AtomicUsize>,
+    loads_read: Arc<std::sync::atomic::AtomicUsize>,
+    hold: Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
+}
+
+impl Probe {
+    /// How many user loads (`fetch_user`) reached the database.
+    pub fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+
+    /// How many user loads have read their rows (a held one counts once it has read).
+    pub fn loads_read(&self) -> usize {
+        self.loads_read.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next load wait, after reading its rows, until the sender is used.
+    pub fn hold_next_load(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.hold.lock().unwrap() = Some(rx);
+        tx
+    }
+}
+
+/// A real store with a probe: counts loads, and can hold one load back after it has
+/// read its rows, to stage the race between a slow load and a write.
+pub struct Probed<S> {
+    inner: S,
+    probe: Probe,
+}
+
+impl<S: tower_byok::KeyStore> tower_byok::KeyStore for Probed<S> {
+    async fn migrate(&self) -> tower_byok::Result<()> {
+        self.inner.migrate().await
+    }
+    async fn fetch_user(
+        &self,
+        user_id: &str,
+    ) -> tower_byok::Result<Vec<tower_byok::store::StoredKey>> {
+        self.probe.loads.fetch_add(1, Ordering::SeqCst);
+        let rows = self.inner.fetch_user(user_id).await;
+        self.probe.loads_read.fetch_add(1, Ordering::SeqCst);
+        let hold = self.probe.hold.lock().unwrap().take();
+        if let Some(hold) = hold {
+            let _ = hold.await;
+        }
+        rows
+    }
+    async fn fetch_key(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> tower_byok::Result<Option<tower_byok::store::StoredKey>> {
+        self.inner.fetch_key(user_id, provider).await
+    }
+    async fn upsert(
+        &self,
+        row: &tower_byok::store::StoredKey,
+        audit: &tower_byok::AuditRecord,
+    ) -> tower_byok::Result<tower_byok::AuditAction> {
+        self.inner.upsert(row, audit).await
+    }
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: Option<&str>,
+        audit: &tower_byok::AuditRecord,
+    ) -> tower_byok::Result<Vec<String>> {
+        self.inner.delete(user_id, provider, audit).await
+    }
+    async fn check_records(&self) -> tower_byok::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.check_records().await
+    }
+    async fn add_check_record(
+        &self,
+        key_id: &str,
+        sealed: &[u8],
+        at: i64,
+    ) -> tower_byok::Result<bool> {
+        self.inner.add_check_record(key_id, sealed, at).await
+    }
+    async fn audit_trail(
+        &self,
+        user_ref: Option<&str>,
+    ) -> tower_byok::Result<Vec<tower_byok::AuditRecord>> {
+        self.inner.audit_trail(user_ref).await
+    }
+}
+
+impl TestDb {
+    /// Opens a vault on this database through a [`Probed`] store.
+    pub async fn open_probed(&self, keyring: Keyring, opts: Opts) -> (Vault, Probe) {
+        let probe = Probe::default();
+        let vault = match self.backend {
+            Backend::Sqlite => {
+                let inner = SqliteStore::open(&self.sqlite_path).await.unwrap();
+                let store = Probed {
+                    inner,
+                    probe: probe.clone(),
+                };
+                Vault::builder(store, keyring)
+                    .cache_ttl(opts.cache_ttl)
+                    .load_timeout(opts.load_timeout)
+                    .open()
+                    .await
+                    .unwrap()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(self.pg.clone().unwrap())
+                    .await
+                    .unwrap();
+                let store = Probed {
+                    inner: tower_byok::PostgresStore::from_pool(pool),
+                    probe: probe.clone(),
+                };
+                Vault::builder(store, keyring)
+                    .cache_ttl(opts.cache_ttl)
+                    .load_timeout(opts.load_timeout)
+                    .open()
+                    .await
+                    .unwrap()
+            }
+        };
+        (vault, probe)
+    }
 }

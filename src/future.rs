@@ -1,0 +1,123 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::body::ByokBody;
+use crate::error::ErrorKind;
+use crate::keys::UserKeys;
+use crate::layer::Config;
+use crate::rejection::Rejection;
+use crate::service::prepare;
+
+type Load = Pin<Box<dyn Future<Output = Result<UserKeys, ErrorKind>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Byok`](crate::Byok).
+    ///
+    /// On a cache hit it is the inner service's future, unboxed. Only a cache miss boxes
+    /// one future: the database load.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Inner {
+            #[pin]
+            future: S::Future,
+        },
+        Load {
+            load: Load,
+            pending: Option<(S, Request<B>, Arc<Config>)>,
+        },
+        Reject {
+            rejection: Option<Rejection>,
+        },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn inner(future: S::Future) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
+    pub(crate) fn reject(rejection: Rejection) -> Self {
+        Self {
+            state: State::Reject {
+                rejection: Some(rejection),
+            },
+        }
+    }
+
+    pub(crate) fn load(load: Load, service: S, request: Request<B>, config: Arc<Config>) -> Self {
+        Self {
+            state: State::Load {
+                load,
+                pending: Some((service, request, config)),
+            },
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ByokBody<ResBody>>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut this = self.as_mut().project();
+            let next = match this.state.as_mut().project() {
+                StateProj::Inner { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(response.map(ByokBody::inner)));
+                }
+                StateProj::Reject { rejection } => {
+                    let rejection = rejection
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(rejection.into_response()));
+                }
+                StateProj::Load { load, pending } => {
+                    let loaded = ready!(load.as_mut().poll(cx));
+                    let (mut service, mut request, config) = pending
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    match loaded
+                        .map_err(Rejection::Load)
+                        .and_then(|keys| prepare(&mut request, keys, &config))
+                    {
+                        // `service` is the instance `poll_ready` made ready before `call`.
+                        Ok(()) => State::Inner {
+                            future: service.call(request),
+                        },
+                        Err(rejection) => State::Reject {
+                            rejection: Some(rejection),
+                        },
+                    }
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}

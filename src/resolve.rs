@@ -1,0 +1,164 @@
+//! Who is the user: how the layer finds the user id of a request.
+//!
+//! The layer does not authenticate. An authentication layer in front of it does, and
+//! leaves its verdict in the request; a [`ResolveUser`] reads the user id from there.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use http::header::HeaderName;
+use http::Request;
+
+/// Finds the user id of a request, or `None` when the request has no user.
+///
+/// Borrowing from the request keeps the cache-hit path free of allocations.
+/// Ready-made: [`FromExtension`] (the usual way), [`FromHeader`] (trusted hops only) and
+/// [`FromFn`].
+pub trait ResolveUser<B>: Clone + Send + Sync + 'static {
+    /// The user id of `request`, if it has one.
+    fn resolve<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>>;
+}
+
+/// The user id from a request extension set by an authentication layer in front, such as
+/// its claims type, through a function that picks the id out of it.
+///
+/// ```
+/// use tower_byok::resolve::FromExtension;
+///
+/// #[derive(Clone)]
+/// struct Claims { sub: String, email: String }
+///
+/// let resolver = FromExtension::new(|claims: &Claims| claims.sub.as_str());
+/// # let _ = resolver;
+/// ```
+pub struct FromExtension<T, F> {
+    pick: F,
+    _claims: PhantomData<fn(&T)>,
+}
+
+impl<T, F> FromExtension<T, F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> &str + Clone + Send + Sync + 'static,
+{
+    /// Reads the extension of type `T` and takes the user id from it with `pick`.
+    pub fn new(pick: F) -> Self {
+        Self {
+            pick,
+            _claims: PhantomData,
+        }
+    }
+}
+
+impl<T, F: Clone> Clone for FromExtension<T, F> {
+    fn clone(&self) -> Self {
+        Self {
+            pick: self.pick.clone(),
+            _claims: PhantomData,
+        }
+    }
+}
+
+impl<T, F> fmt::Debug for FromExtension<T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromExtension")
+            .field("type", &std::any::type_name::<T>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, T, F> ResolveUser<B> for FromExtension<T, F>
+where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> &str + Clone + Send + Sync + 'static,
+{
+    fn resolve<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
+        let claims = request.extensions().get::<T>()?;
+        let id = (self.pick)(claims);
+        (!id.is_empty()).then_some(Cow::Borrowed(id))
+    }
+}
+
+/// The user id from a request header.
+///
+/// **Only behind a trusted hop**: use this when a gateway in front of the application
+/// authenticates the user, strips any such header the client sent, and sets its own.
+/// Exposed directly to clients, it lets anyone claim to be anyone.
+///
+/// ```
+/// use tower_byok::resolve::FromHeader;
+///
+/// let resolver = FromHeader::new("x-authenticated-user");
+/// # let _ = resolver;
+/// ```
+#[derive(Clone, Debug)]
+pub struct FromHeader {
+    name: HeaderName,
+}
+
+impl FromHeader {
+    /// Reads the user id from the header `name`.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is not a valid header name; pass a literal.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            name: HeaderName::from_static(name),
+        }
+    }
+
+    /// Reads the user id from the header `name`.
+    pub fn from_name(name: HeaderName) -> Self {
+        Self { name }
+    }
+}
+
+impl<B> ResolveUser<B> for FromHeader {
+    fn resolve<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
+        let value = request.headers().get(&self.name)?.to_str().ok()?.trim();
+        (!value.is_empty()).then_some(Cow::Borrowed(value))
+    }
+}
+
+/// The user id from a closure over the request.
+///
+/// ```
+/// use http::Request;
+/// use tower_byok::resolve::FromFn;
+///
+/// // E.g. a session looked up by an earlier layer, or a fixed user in a local tool.
+/// let resolver = FromFn::new(|req: &Request<String>| {
+///     req.headers().get("x-session").map(|_| "dev-user".to_owned())
+/// });
+/// # let _ = resolver;
+/// ```
+#[derive(Clone)]
+pub struct FromFn<F> {
+    f: F,
+}
+
+impl<F> FromFn<F> {
+    /// Resolves with `f`.
+    pub fn new(f: F) -> Self {
+        Self { f }
+    }
+}
+
+impl<F> fmt::Debug for FromFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FromFn").finish_non_exhaustive()
+    }
+}
+
+impl<B, F> ResolveUser<B> for FromFn<F>
+where
+    F: Fn(&Request<B>) -> Option<String> + Clone + Send + Sync + 'static,
+{
+    fn resolve<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
+        (self.f)(request)
+            .filter(|id| !id.is_empty())
+            .map(Cow::Owned)
+    }
+}

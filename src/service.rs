@@ -1,0 +1,125 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use crate::body::ByokBody;
+use crate::future::ResponseFuture;
+use crate::keys::UserKeys;
+use crate::layer::Config;
+use crate::rejection::{NoUser, Rejection};
+use crate::resolve::ResolveUser;
+use crate::validate::MAX_USER_ID_LEN;
+use crate::vault::Vault;
+
+/// The middleware made by [`ByokLayer`](crate::ByokLayer).
+pub struct Byok<S, R> {
+    inner: S,
+    vault: Vault,
+    resolver: R,
+    config: Arc<Config>,
+}
+
+impl<S, R> Byok<S, R> {
+    pub(crate) fn new(inner: S, vault: Vault, resolver: R, config: Arc<Config>) -> Self {
+        Self {
+            inner,
+            vault,
+            resolver,
+            config,
+        }
+    }
+}
+
+impl<S: Clone, R: Clone> Clone for Byok<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            vault: self.vault.clone(),
+            resolver: self.resolver.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, R: fmt::Debug> fmt::Debug for Byok<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Byok")
+            .field("inner", &self.inner)
+            .field("resolver", &self.resolver)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Byok<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    R: ResolveUser<ReqBody>,
+{
+    type Response = Response<ByokBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // Take the service that `poll_ready` made ready, leave a clone in its place:
+        // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+
+        let user = self
+            .resolver
+            .resolve(&request)
+            .filter(|id| id.len() <= MAX_USER_ID_LEN);
+        let Some(user) = user else {
+            if self.config.require_user {
+                return ResponseFuture::reject(Rejection::NoUser);
+            }
+            request.extensions_mut().insert(NoUser);
+            return ResponseFuture::inner(inner.call(request));
+        };
+
+        // The fast lane: a synchronous cache lookup, no boxed future, no allocation.
+        if let Some(keys) = self.vault.cache_hit(&user) {
+            drop(user);
+            return match prepare(&mut request, keys, &self.config) {
+                Ok(()) => ResponseFuture::inner(inner.call(request)),
+                Err(rejection) => ResponseFuture::reject(rejection),
+            };
+        }
+
+        let user = user.into_owned();
+        let vault = self.vault.clone();
+        let load = Box::pin(async move { vault.cached(&user).await });
+        ResponseFuture::load(load, inner, request, self.config.clone())
+    }
+}
+
+/// Adds the single-developer keys if on, checks the required providers, and puts the
+/// keys into the request.
+pub(crate) fn prepare<B>(
+    request: &mut Request<B>,
+    keys: UserKeys,
+    config: &Config,
+) -> Result<(), Rejection> {
+    let keys = match &config.dev_env {
+        Some(env) => keys.or_else_from(env),
+        None => keys,
+    };
+    if config.required_providers.iter().any(|p| !keys.contains(p)) {
+        let missing = config
+            .required_providers
+            .iter()
+            .filter(|p| !keys.contains(p))
+            .cloned()
+            .collect();
+        return Err(Rejection::MissingProviders(missing));
+    }
+    request.extensions_mut().insert(keys);
+    Ok(())
+}

@@ -1,0 +1,595 @@
+//! The layer end to end: a real axum server on loopback, a real HTTP client, real
+//! databases. Every test runs on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use common::{keyring, Backend, Opts, TestDb};
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_byok::resolve::{FromExtension, FromHeader};
+use tower_byok::{ByokLayer, DevEnvFallback, KeySource, UserKeys, Vault};
+
+per_backend!(
+    each_user_sees_only_their_own_keys,
+    two_thousand_concurrent_requests_never_mix_users,
+    a_thousand_concurrent_requests_for_a_cold_user_make_one_load,
+    cached_keys_expire_after_the_ttl,
+    writes_and_deletes_invalidate_at_once,
+    a_load_that_raced_a_write_cannot_restore_old_keys,
+    no_user_and_required_user,
+    required_providers_answer_428_with_the_missing_ones,
+    dev_env_fallback_is_off_unless_turned_on,
+    undecryptable_keys_answer_500_and_never_fall_back,
+    user_from_an_upstream_auth_extension,
+);
+
+/// What the test handler reports: the caller's keys by provider, with their source.
+type Seen = BTreeMap<String, (String, String)>;
+
+async fn keys_handler(keys: Option<UserKeys>) -> Result<Json<Seen>, StatusCode> {
+    let keys = keys.ok_or(StatusCode::UNAUTHORIZED)?;
+    Ok(Json(
+        keys.iter()
+            .map(|k| {
+                (
+                    k.provider().to_owned(),
+                    (k.expose_secret().to_owned(), format!("{:?}", k.source())),
+                )
+            })
+            .collect(),
+    ))
+}
+
+async fn strict_handler(_keys: UserKeys) -> &'static str {
+    "ok"
+}
+
+fn app(layer: ByokLayer<FromHeader>) -> Router {
+    Router::new()
+        .route("/keys", get(keys_handler))
+        .route("/strict", get(strict_handler))
+        .layer(layer)
+        .route("/unlayered", get(strict_handler))
+}
+
+struct Server {
+    addr: SocketAddr,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Server {
+    async fn start(router: Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self { addr, client }
+    }
+
+    async fn get(&self, path: &str, user: Option<&str>) -> (StatusCode, http::HeaderMap, String) {
+        let mut req = http::Request::get(format!("http://{}{path}", self.addr));
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        let res = self
+            .client
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    /// The secrets the handler saw for `user`, by provider.
+    async fn keys(&self, user: &str) -> BTreeMap<String, String> {
+        let (status, _, body) = self.get("/keys", Some(user)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let seen: Seen = serde_json::from_str(&body).unwrap();
+        seen.into_iter().map(|(p, (s, _))| (p, s)).collect()
+    }
+}
+
+fn layer(vault: &Vault) -> ByokLayer<FromHeader> {
+    ByokLayer::new(vault.clone(), FromHeader::new("x-user"))
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(p, s)| ((*p).to_owned(), (*s).to_owned()))
+        .collect()
+}
+
+async fn each_user_sees_only_their_own_keys(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("user-a", "openai", "sk-a").await.unwrap();
+    vault.put("user-a", "exa", "exa-a").await.unwrap();
+    vault.put("user-b", "openai", "sk-b").await.unwrap();
+    let server = Server::start(app(layer(&vault))).await;
+    for _ in 0..2 {
+        // Once from the database, once from the cache.
+        assert_eq!(
+            server.keys("user-a").await,
+            map(&[("exa", "exa-a"), ("openai", "sk-a")])
+        );
+        assert_eq!(server.keys("user-b").await, map(&[("openai", "sk-b")]));
+        assert_eq!(server.keys("user-c").await, map(&[]));
+    }
+}
+
+async fn two_thousand_concurrent_requests_never_mix_users(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    for i in 0..100 {
+        vault
+            .put(&format!("user-{i}"), "openai", &format!("sk-user-{i}"))
+            .await
+            .unwrap();
+    }
+    let server = Arc::new(Server::start(app(layer(&vault))).await);
+    let requests: Vec<_> = (0..2000)
+        .map(|n| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let i = n % 100;
+                let keys = server.keys(&format!("user-{i}")).await;
+                keys == map(&[("openai", &format!("sk-user-{i}"))])
+            })
+        })
+        .collect();
+    let mut mismatches = 0;
+    for request in requests {
+        mismatches += usize::from(!request.await.unwrap());
+    }
+    eprintln!("2000 concurrent requests from 100 users: {mismatches} mismatches");
+    assert_eq!(mismatches, 0);
+}
+
+async fn a_thousand_concurrent_requests_for_a_cold_user_make_one_load(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (vault, probe) = db.open_probed(keyring(), Opts::default()).await;
+    vault.put("cold", "openai", "sk-cold").await.unwrap();
+    // Count requests as they reach the layer, and hold the first load until all have.
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let counter = arrived.clone();
+    let router = app(layer(&vault)).layer(middleware::from_fn(move |req: Request, next: Next| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        next.run(req)
+    }));
+    let server = Arc::new(Server::start(router).await);
+    let release = probe.hold_next_load();
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            let server = server.clone();
+            tokio::spawn(async move { server.keys("cold").await == map(&[("openai", "sk-cold")]) })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while arrived.load(Ordering::SeqCst) < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} requests arrived",
+            arrived.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    release.send(()).unwrap();
+    let mut right = 0;
+    for request in requests {
+        right += usize::from(request.await.unwrap());
+    }
+    assert_eq!(right, 1000);
+    assert_eq!(
+        probe.loads(),
+        1,
+        "database loads for 1000 concurrent cold requests"
+    );
+}
+
+async fn cached_keys_expire_after_the_ttl(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let opts = Opts {
+        cache_ttl: Duration::from_millis(400),
+        ..Opts::default()
+    };
+    let (vault, probe) = db.open_probed(keyring(), opts).await;
+    vault.put("u", "openai", "sk-1").await.unwrap();
+    let server = Server::start(app(layer(&vault))).await;
+    server.keys("u").await;
+    server.keys("u").await;
+    assert_eq!(probe.loads(), 1, "the second request is a hit");
+    // Another instance changes the key behind this one's back: seen after the TTL.
+    let other = db.open(keyring()).await.unwrap();
+    other.put("u", "openai", "sk-2").await.unwrap();
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-1")]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-2")]));
+    assert_eq!(probe.loads(), 2);
+}
+
+async fn writes_and_deletes_invalidate_at_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (vault, probe) = db.open_probed(keyring(), Opts::default()).await;
+    vault.put("u", "openai", "sk-1").await.unwrap();
+    let server = Server::start(app(layer(&vault))).await;
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-1")]));
+    vault.put("u", "openai", "sk-2").await.unwrap();
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-2")]));
+    vault.put("u", "exa", "exa-1").await.unwrap();
+    assert_eq!(
+        server.keys("u").await,
+        map(&[("exa", "exa-1"), ("openai", "sk-2")])
+    );
+    vault.delete("u", "openai").await.unwrap();
+    assert_eq!(server.keys("u").await, map(&[("exa", "exa-1")]));
+    vault.delete_all("u").await.unwrap();
+    assert_eq!(server.keys("u").await, map(&[]));
+    assert_eq!(probe.loads(), 5, "each write invalidated the cached entry");
+}
+
+async fn a_load_that_raced_a_write_cannot_restore_old_keys(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (vault, probe) = db.open_probed(keyring(), Opts::default()).await;
+    vault.put("u", "openai", "sk-old").await.unwrap();
+    let server = Arc::new(Server::start(app(layer(&vault))).await);
+
+    // A request misses, and its load reads the old key, then stalls.
+    let release = probe.hold_next_load();
+    let slow = {
+        let server = server.clone();
+        tokio::spawn(async move { server.keys("u").await })
+    };
+    while probe.loads_read() < 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The key is replaced meanwhile; a request after the write sees the new key at once.
+    vault.put("u", "openai", "sk-new").await.unwrap();
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-new")]));
+    // The stale load finishes last. Its request began before the write; whatever it got,
+    // it must not put the old key back into the cache.
+    release.send(()).unwrap();
+    let old = slow.await.unwrap();
+    assert_eq!(old, map(&[("openai", "sk-old")]));
+    for _ in 0..3 {
+        assert_eq!(server.keys("u").await, map(&[("openai", "sk-new")]));
+    }
+    assert_eq!(probe.loads(), 2);
+}
+
+async fn no_user_and_required_user(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("u", "openai", "sk-1").await.unwrap();
+
+    let server = Server::start(app(layer(&vault))).await;
+    // No user: the request passes without keys; the strict extractor rejects with 401.
+    let (status, _, _) = server.get("/keys", None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "Option<UserKeys> was None"
+    );
+    let (status, _, _) = server.get("/strict", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = server.get("/strict", Some("u")).await;
+    assert_eq!(status, StatusCode::OK);
+    // An over-long id is no user.
+    let (status, _, _) = server.get("/strict", Some(&"x".repeat(256))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The extractor on a route without the layer: 500 that says so.
+    let (status, _, body) = server.get("/unlayered", Some("u")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("not installed"), "{body}");
+
+    let server = Server::start(app(layer(&vault).with_require_user(true))).await;
+    let (status, headers, body) = server.get("/keys", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body, r#"{"error":"unauthenticated"}"#);
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-1")]));
+}
+
+async fn required_providers_answer_428_with_the_missing_ones(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("half", "openai", "sk-1").await.unwrap();
+    vault.put("full", "openai", "sk-2").await.unwrap();
+    vault.put("full", "exa", "exa-2").await.unwrap();
+    let server = Server::start(app(layer(&vault).with_required_providers(["OpenAI", "exa"]))).await;
+    for (user, missing) in [("half", vec!["exa"]), ("none", vec!["openai", "exa"])] {
+        let (status, _, body) = server.get("/keys", Some(user)).await;
+        assert_eq!(status, StatusCode::PRECONDITION_REQUIRED);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "missing_provider_keys", "missing": missing})
+        );
+    }
+    assert_eq!(server.keys("full").await.len(), 2);
+    // Onboarding completes: the next request passes.
+    vault.put("half", "exa", "exa-1").await.unwrap();
+    assert_eq!(server.keys("half").await.len(), 2);
+}
+
+async fn dev_env_fallback_is_off_unless_turned_on(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("dev", "openai", "sk-from-db").await.unwrap();
+    let var = format!("TOWER_BYOK_TEST_GEMINI_{}", std::process::id());
+    let db_var = format!("TOWER_BYOK_TEST_OPENAI_{}", std::process::id());
+    std::env::set_var(&var, "gemini-from-env");
+    std::env::set_var(&db_var, "sk-from-env");
+
+    // Off by default: the environment is never read.
+    let server = Server::start(app(layer(&vault))).await;
+    assert_eq!(server.keys("dev").await, map(&[("openai", "sk-from-db")]));
+
+    let fallback = DevEnvFallback::new()
+        .provider("gemini", &var)
+        .provider("openai", &db_var);
+    let server = Server::start(app(layer(&vault).with_dev_env_fallback(fallback))).await;
+    let (status, _, body) = server.get("/keys", Some("dev")).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: Seen = serde_json::from_str(&body).unwrap();
+    // The database key wins; the environment fills in what the database lacks.
+    assert_eq!(
+        seen["openai"],
+        (
+            "sk-from-db".to_owned(),
+            format!("{:?}", KeySource::Database)
+        )
+    );
+    assert_eq!(
+        seen["gemini"],
+        (
+            "gemini-from-env".to_owned(),
+            format!("{:?}", KeySource::Environment)
+        )
+    );
+    std::env::remove_var(&var);
+    std::env::remove_var(&db_var);
+}
+
+async fn undecryptable_keys_answer_500_and_never_fall_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("a", "openai", "sk-a").await.unwrap();
+    vault.put("b", "openai", "sk-b").await.unwrap();
+    // b's row now holds a's blob: it must fail, never serve a's key, never fall back.
+    let a_blob = db.blob("a", "openai").await;
+    db.set_blob("b", "openai", &a_blob).await;
+    let var = format!("TOWER_BYOK_TEST_FALLBACK_{}", std::process::id());
+    std::env::set_var(&var, "sk-from-env");
+    let fallback = DevEnvFallback::new().provider("openai", &var);
+    let server = Server::start(app(layer(&vault).with_dev_env_fallback(fallback))).await;
+    let (status, _, body) = server.get("/keys", Some("b")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body, r#"{"error":"keys_unavailable"}"#);
+    assert!(!body.contains("sk-"));
+    assert_eq!(server.keys("a").await, map(&[("openai", "sk-a")]));
+    std::env::remove_var(&var);
+}
+
+#[derive(Clone)]
+struct Claims {
+    sub: String,
+}
+
+async fn user_from_an_upstream_auth_extension(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("alice", "openai", "sk-alice").await.unwrap();
+    let byok = ByokLayer::new(
+        vault.clone(),
+        FromExtension::new(|c: &Claims| c.sub.as_str()),
+    );
+    // A toy authentication layer in front: a bearer token becomes claims.
+    let auth = middleware::from_fn(|mut req: Request, next: Next| async move {
+        let token = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if token == Some("Bearer alice-token") {
+            req.extensions_mut().insert(Claims {
+                sub: "alice".to_owned(),
+            });
+        }
+        next.run(req).await
+    });
+    let router = Router::new()
+        .route("/keys", get(keys_handler))
+        .layer(byok)
+        .layer(auth);
+    let server = Server::start(router).await;
+    let request = |token: &str| {
+        http::Request::get(format!("http://{}/keys", server.addr))
+            .header("authorization", token)
+            .body(Full::default())
+            .unwrap()
+    };
+    let res = server
+        .client
+        .request(request("Bearer alice-token"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("sk-alice"));
+    let res = server
+        .client
+        .request(request("Bearer mallory"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Back-pressure: while the inner service is not ready, neither is the layer.
+#[tokio::test]
+async fn readiness_of_the_inner_service_propagates() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let vault = db.open(keyring()).await.unwrap();
+    let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+    let inner = tower::service_fn(move |_req: http::Request<String>| {
+        let mut gate = gate_rx.clone();
+        async move {
+            gate.wait_for(|open| *open).await.unwrap();
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::<Bytes>::default()))
+        }
+    });
+    let mut service = ServiceBuilder::new()
+        .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
+        .concurrency_limit(1)
+        .service(inner);
+    let first = service
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(String::new()));
+    let first = tokio::spawn(first);
+    let pending = tokio::time::timeout(Duration::from_millis(200), service.ready()).await;
+    assert!(
+        pending.is_err(),
+        "the layer reported ready while its inner service was not"
+    );
+    gate_tx.send(true).unwrap();
+    first.await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), service.ready())
+        .await
+        .expect("ready once the inner service is")
+        .unwrap();
+}
+
+/// The database goes away mid-run (its connections cut at a proxy in front of the real
+/// server): requests get 503 with `Retry-After` within the load deadline, never keys,
+/// and succeed again once it is back, without restarting the app.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_answers_503_then_recovers() {
+    use tower_byok::PostgresStore;
+    let db = TestDb::new(Backend::Postgres).await;
+    let target = db.pg_options();
+    let proxy = proxy::Proxy::start(format!("{}:{}", target.get_host(), target.get_port())).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(target.host("127.0.0.1").port(proxy.port()))
+        .await
+        .unwrap();
+    let vault = Vault::builder(PostgresStore::from_pool(pool), keyring())
+        .load_timeout(Duration::from_millis(800))
+        .cache_ttl(Duration::from_millis(1))
+        .open()
+        .await
+        .unwrap();
+    vault.put("u", "openai", "sk-1").await.unwrap();
+    let server = Server::start(app(layer(&vault))).await;
+    assert_eq!(server.keys("u").await, map(&[("openai", "sk-1")]));
+
+    proxy.cut();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let started = Instant::now();
+        let (status, headers, body) = server.get("/keys", Some("u")).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(body, r#"{"error":"keys_unavailable"}"#);
+        assert!(
+            took < Duration::from_millis(800 + 700),
+            "took {took:?}, over the load deadline"
+        );
+    }
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, _, body) = server.get("/keys", Some("u")).await;
+        if status == StatusCode::OK {
+            assert!(body.contains("sk-1"));
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod proxy {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::task::JoinSet;
+
+    /// A TCP proxy on loopback whose connections can be cut and later let through again.
+    pub(crate) struct Proxy {
+        port: u16,
+        up: Arc<AtomicBool>,
+        connections: Arc<Mutex<JoinSet<()>>>,
+    }
+
+    impl Proxy {
+        pub(crate) async fn start(target: String) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let up = Arc::new(AtomicBool::new(true));
+            let connections = Arc::new(Mutex::new(JoinSet::new()));
+            let (up2, connections2) = (up.clone(), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !up2.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let target = target.clone();
+                    connections2.lock().unwrap().spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+            Self {
+                port,
+                up,
+                connections,
+            }
+        }
+
+        pub(crate) fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Refuses new connections and breaks the open ones.
+        pub(crate) fn cut(&self) {
+            self.up.store(false, Ordering::SeqCst);
+            self.connections.lock().unwrap().abort_all();
+        }
+
+        pub(crate) fn restore(&self) {
+            self.up.store(true, Ordering::SeqCst);
+        }
+    }
+}
