@@ -2,6 +2,7 @@
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
+use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::StatusCode;
 
@@ -22,12 +23,18 @@ pub enum KeysRejection {
 impl IntoResponse for KeysRejection {
     fn into_response(self) -> Response {
         match self {
-            Self::NoUser => (StatusCode::UNAUTHORIZED, "no authenticated user").into_response(),
+            Self::NoUser => (
+                StatusCode::UNAUTHORIZED,
+                [(CONTENT_TYPE, "application/json")],
+                r#"{"error":"unauthenticated"}"#,
+            )
+                .into_response(),
             Self::LayerMissing => {
                 tracing::error!("UserKeys extractor used on a route without tower_byok::ByokLayer");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "tower_byok::ByokLayer is not installed on this route",
+                    [(CONTENT_TYPE, "application/json")],
+                    r#"{"error":"tower_byok::ByokLayer is not installed on this route"}"#,
                 )
                     .into_response()
             }

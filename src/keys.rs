@@ -17,6 +17,22 @@ pub enum KeySource {
     Environment,
 }
 
+impl KeySource {
+    /// `"database"` or `"environment"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Environment => "environment",
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One provider's secret for one user.
 ///
 /// The plaintext is reachable only through [`expose_secret`](Self::expose_secret); it is

@@ -1,5 +1,135 @@
-//! tower-byok (crate docs are written in the README and below).
+//! Tower middleware that gives each request **its own user's** "bring your own key"
+//! provider keys (OpenAI, Gemini, Exa, ...), kept encrypted in SQLite or PostgreSQL.
+//!
+//! Handlers stop reading `std::env::var("GEMINI_API_KEY")`, which serves one set of
+//! keys to every user. Instead, per request, [`ByokLayer`]:
+//!
+//! 1. resolves the authenticated user ([`resolve`]: an auth layer's extension, a trusted
+//!    header, or a closure);
+//! 2. loads that user's keys from the [`Vault`] through a short-TTL per-user cache
+//!    (concurrent misses share one load; writes through the vault invalidate at once);
+//! 3. decrypts them (envelope encryption: a master [`Keyring`], HKDF-SHA256 per-user
+//!    keys, XChaCha20-Poly1305 bound to user and provider; see `docs/FORMAT.md`);
+//! 4. puts them into the request extensions as [`UserKeys`].
+//!
+//! # With axum
+//!
+//! ```
+//! use axum::{routing::post, Router};
+//! use tower_byok::{resolve::FromExtension, ByokLayer, Keyring, MasterKey, SqliteStore, UserKeys, Vault};
+//!
+//! /// What your authentication layer puts into each request.
+//! #[derive(Clone)]
+//! struct Claims { sub: String }
+//!
+//! async fn chat(keys: UserKeys) -> String {
+//!     match keys.get("openai") {
+//!         // Call the provider with `key.expose_secret()`; never log it.
+//!         Some(key) => format!("calling OpenAI with {}", key.masked()),
+//!         None => "add an OpenAI key first".to_owned(),
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Production: Keyring::from_env("BYOK_MASTER_KEYS")? and PostgresStore::connect(url).
+//! let keyring = Keyring::new(MasterKey::generate("k1")?);
+//! let vault = Vault::open(SqliteStore::open("keys.db").await?, keyring).await?;
+//! # let vault = Vault::open(SqliteStore::in_memory().await?, Keyring::new(MasterKey::generate("k1")?)).await?;
+//! vault.put("alice", "openai", "sk-proj-alice-0123456789").await?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/chat", post(chat))
+//!     .layer(ByokLayer::new(vault.clone(), FromExtension::new(|c: &Claims| c.sub.as_str())));
+//!     // .layer(your_auth_layer) -- outermost, so it runs first and sets `Claims`.
+//! # use tower::ServiceExt;
+//! # let mut req = http::Request::post("/chat").body(axum::body::Body::empty())?;
+//! # req.extensions_mut().insert(Claims { sub: "alice".into() });
+//! # let res = app.oneshot(req).await?;
+//! # let body = axum::body::to_bytes(res.into_body(), 1024).await?;
+//! # assert_eq!(&body[..], "calling OpenAI with sk-p…6789".as_bytes());
+//! # std::fs::remove_file("keys.db").ok();
+//! # std::fs::remove_file("keys.db-wal").ok();
+//! # std::fs::remove_file("keys.db-shm").ok();
+//! # Ok(()) }
+//! ```
+//!
+//! # With hyper, or any Tower stack
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_byok::{resolve::FromHeader, ByokLayer, Keyring, MasterKey, SqliteStore, UserKeys, Vault};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let vault = Vault::open(SqliteStore::in_memory().await?, Keyring::new(MasterKey::generate("k1")?)).await?;
+//! vault.put("bob", "gemini", "AIza-bob-0123456789").await?;
+//!
+//! let service = ServiceBuilder::new()
+//!     // Only behind a gateway that authenticates and sets this header itself.
+//!     .layer(ByokLayer::new(vault, FromHeader::new("x-authenticated-user")))
+//!     .service(service_fn(|req: Request<String>| async move {
+//!         let keys = req.extensions().get::<UserKeys>().cloned().unwrap_or_default();
+//!         let providers: Vec<&str> = keys.providers().collect();
+//!         Ok::<_, Infallible>(Response::new(providers.join(",")))
+//!     }));
+//!
+//! let req = Request::get("/").header("x-authenticated-user", "bob").body(String::new())?;
+//! let res = service.oneshot(req).await?;
+//! # use http_body_util::BodyExt;
+//! # assert_eq!(&res.into_body().collect().await?.to_bytes()[..], b"gemini");
+//! # Ok(()) }
+//! ```
+//!
+//! Serve it with `hyper_util::service::TowerToHyperService`; `examples/hyper.rs` is a
+//! complete server.
+//!
+//! # What a request gets
+//!
+//! | situation | what happens |
+//! |---|---|
+//! | user resolved, keys cached | keys inserted, inner service called (no database, no boxed future) |
+//! | user resolved, cache miss | one database load per user however many requests wait on it, then as above |
+//! | no user resolved | passes without keys; the [`UserKeys`] extractor rejects with `401` (`Option<UserKeys>` gives `None`) |
+//! | no user, [`with_require_user(true)`](ByokLayer::with_require_user) | `401`, `{"error":"unauthenticated"}` |
+//! | required providers missing ([`with_required_providers`](ByokLayer::with_required_providers)) | `428 Precondition Required`, `{"error":"missing_provider_keys","missing":["openai"]}` |
+//! | database error or load timeout | `503` with `Retry-After: 1`, `{"error":"keys_unavailable"}`; logged without secrets or user ids |
+//! | a key fails to decrypt, or names an unknown master key | `500`, `{"error":"keys_unavailable"}`; logged likewise; never another user's key, never a fallback |
+//! | a key past its expiry | not served, even from the cache |
+//! | extractor on a route without the layer | `500` saying the layer is not installed |
+//!
+//! Responses the layer makes itself carry the [`ErrorKind`] in their extensions, for
+//! outer layers. Errors are never cached; the next request tries again.
+//!
+//! # Security model
+//!
+//! - Each secret is sealed with XChaCha20-Poly1305 under a key derived (HKDF-SHA256)
+//!   from the active master key and the user id, with associated data binding the format
+//!   version, master key id, user id and provider: a row moved to another user or
+//!   provider, tampered with or truncated fails to open ([`ErrorKind::Decrypt`]).
+//! - Master keys live outside the database ([`Keyring::from_env`]); the database alone
+//!   reveals no secret. A keyring that cannot read the database is refused when the
+//!   vault opens ([`ErrorKind::WrongMasterKey`]).
+//! - Secrets are zeroized on drop, reachable only through
+//!   [`ProviderKey::expose_secret`], and `[REDACTED]` in `Debug`. No error message,
+//!   `Debug` output or log line of this crate contains a secret or a raw user id: logs
+//!   and the audit trail name users by a keyed hash ([`Vault::user_ref`]).
+//! - Not protected: someone who can write to the database can delete rows, or put back
+//!   an older blob of the same user and provider. The cache serves a key replaced by
+//!   another instance for up to its TTL (30 s by default).
+//!
+//! # Features
+//!
+//! - `sqlite` (default): [`SqliteStore`], a file in WAL mode or in memory.
+//! - `postgres`: [`PostgresStore`].
+//! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod body;
 mod cache;
