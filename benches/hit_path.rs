@@ -8,6 +8,10 @@
 //!
 //! Run: `cargo bench --bench hit_path`. On a hit every future is ready at once, so each
 //! request is polled once with a no-op waker: no runtime in the timed loop.
+
+// `criterion_group!` expands to an undocumented `pub fn`.
+#![allow(missing_docs)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
