@@ -109,13 +109,23 @@ impl KeyCache {
                 }
             }
         };
+        // Removes the flight from the map however this call ends, even when every request
+        // waiting on it is dropped, so abandoned flights do not pile up.
+        let _leave = LeaveFlight {
+            cache: self,
+            user_id,
+            flight: &flight,
+        };
         let result = flight
             .result
             .get_or_init(|| async {
                 let loaded = match tokio::time::timeout(self.load_timeout, load()).await {
                     Ok(Ok(keys)) => Ok(keys),
                     Ok(Err(e)) => Err(e.kind()),
-                    Err(_) => Err(ErrorKind::Timeout),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?self.load_timeout, "loading a user's keys timed out");
+                        Err(ErrorKind::Timeout)
+                    }
                 };
                 if let Ok(keys) = &loaded {
                     let shared = self.lock();
@@ -134,15 +144,16 @@ impl KeyCache {
             })
             .await
             .clone();
-        let mut shared = self.lock();
-        if shared
-            .flights
-            .get(user_id)
-            .is_some_and(|current| Arc::ptr_eq(current, &flight))
-        {
-            shared.flights.remove(user_id);
-        }
         result
+    }
+
+    /// A guard that invalidates `user_id` when dropped: after a write returns, fails, or
+    /// is cancelled mid-commit (a dropped future whose commit still reached the database).
+    pub(crate) fn invalidate_on_drop<'a>(&'a self, user_id: &'a str) -> InvalidateOnDrop<'a> {
+        InvalidateOnDrop {
+            cache: self,
+            user_id,
+        }
     }
 
     /// Forgets a user's keys at once, and makes any load of that user already under way
@@ -153,5 +164,35 @@ impl KeyCache {
         shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
         shared.flights.remove(user_id);
         self.entries.invalidate(user_id);
+    }
+}
+
+pub(crate) struct InvalidateOnDrop<'a> {
+    cache: &'a KeyCache,
+    user_id: &'a str,
+}
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.cache.invalidate(self.user_id);
+    }
+}
+
+struct LeaveFlight<'a> {
+    cache: &'a KeyCache,
+    user_id: &'a str,
+    flight: &'a Arc<Flight>,
+}
+
+impl Drop for LeaveFlight<'_> {
+    fn drop(&mut self) {
+        let mut shared = self.cache.lock();
+        if shared
+            .flights
+            .get(self.user_id)
+            .is_some_and(|current| Arc::ptr_eq(current, self.flight))
+        {
+            shared.flights.remove(self.user_id);
+        }
     }
 }

@@ -11,7 +11,6 @@ use crate::keys::UserKeys;
 use crate::layer::Config;
 use crate::rejection::{NoUser, Rejection};
 use crate::resolve::ResolveUser;
-use crate::validate::MAX_USER_ID_LEN;
 use crate::vault::Vault;
 
 /// The middleware made by [`ByokLayer`](crate::ByokLayer).
@@ -75,7 +74,7 @@ where
         let user = self
             .resolver
             .resolve(&request)
-            .filter(|id| id.len() <= MAX_USER_ID_LEN);
+            .filter(|id| crate::validate::user_id(id).is_ok());
         let Some(user) = user else {
             if self.config.require_user {
                 return ResponseFuture::reject(Rejection::NoUser);
@@ -84,7 +83,8 @@ where
             return ResponseFuture::inner(inner.call(request));
         };
 
-        // The fast lane: a synchronous cache lookup, no boxed future, no allocation.
+        // The fast lane: a synchronous cache lookup and an extension insert, no boxed
+        // future and no database.
         if let Some(keys) = self.vault.cache_hit(&user) {
             drop(user);
             return match prepare(&mut request, keys, &self.config) {

@@ -64,18 +64,32 @@ pub(crate) fn secret(secret: &str) -> Result<()> {
 /// so a secret under 8 characters shows none), and surrounding whitespace is ignored so
 /// a JSON credential does not show its braces and newlines.
 pub(crate) fn mask(secret: &str) -> String {
-    let chars: Vec<char> = secret.trim().chars().collect();
-    let shown = (chars.len() / 4).min(4);
-    let printable = |s: &[char]| s.iter().all(|c| !c.is_control());
-    let head = &chars[..shown];
-    let tail = &chars[chars.len() - shown..];
-    let mut out = String::with_capacity(2 * shown + 3);
+    // Slices of the secret itself: no copy of it is left behind in memory.
+    let secret = secret.trim();
+    let len = secret.chars().count();
+    let shown = (len / 4).min(4);
+    let head_end = secret
+        .char_indices()
+        .nth(shown)
+        .map_or(secret.len(), |(i, _)| i);
+    let tail_start = if shown == 0 {
+        secret.len()
+    } else {
+        secret
+            .char_indices()
+            .rev()
+            .nth(shown - 1)
+            .map_or(0, |(i, _)| i)
+    };
+    let printable = |s: &str| !s.chars().any(char::is_control);
+    let (head, tail) = (&secret[..head_end], &secret[tail_start..]);
+    let mut out = String::with_capacity(head.len() + tail.len() + 3);
     if printable(head) {
-        out.extend(head);
+        out.push_str(head);
     }
     out.push('…');
     if printable(tail) {
-        out.extend(tail);
+        out.push_str(tail);
     }
     out
 }

@@ -290,10 +290,10 @@ impl Vault {
             expires_at: expires_at.map(unix_ms),
         };
         let audit = self.audit(user_id, now);
-        let action = self.inner.store.upsert(&row, &audit).await;
-        // Invalidate even on error: a failed commit may still have reached the database.
-        self.inner.cache.invalidate(user_id);
-        let action = action?;
+        let action = {
+            let _invalidate = self.inner.cache.invalidate_on_drop(user_id);
+            self.inner.store.upsert(&row, &audit).await?
+        };
         tracing::debug!(user_ref = %audit.user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
         Ok(action)
     }
@@ -345,6 +345,8 @@ impl Vault {
         for row in &rows {
             keys.extend(opener.open(row, now)?);
         }
+        // Byte order, which lookups rely on: a PostgreSQL collation may order differently.
+        keys.sort_unstable_by(|a, b| a.provider().cmp(b.provider()));
         Ok(UserKeys::from_sorted(keys))
     }
 
@@ -401,9 +403,10 @@ impl Vault {
 
     async fn remove(&self, user_id: &str, provider: Option<&str>) -> Result<Vec<String>> {
         let audit = self.audit(user_id, unix_ms(SystemTime::now()));
-        let deleted = self.inner.store.delete(user_id, provider, &audit).await;
-        self.inner.cache.invalidate(user_id);
-        let deleted = deleted?;
+        let deleted = {
+            let _invalidate = self.inner.cache.invalidate_on_drop(user_id);
+            self.inner.store.delete(user_id, provider, &audit).await?
+        };
         tracing::debug!(user_ref = %audit.user_ref, deleted = deleted.len(), "deleted provider keys");
         Ok(deleted)
     }

@@ -443,6 +443,23 @@ async fn user_from_an_upstream_auth_extension(backend: Backend) {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// A resolver that answers with an empty id has found no user.
+#[tokio::test]
+async fn an_empty_user_id_is_no_user() {
+    use tower::ServiceExt;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let vault = db.open(keyring()).await.unwrap();
+    let resolver = tower_byok::resolve::FromFn::new(|_req: &Request| Some(String::new()));
+    let router = Router::new()
+        .route("/strict", get(strict_handler))
+        .layer(ByokLayer::new(vault, resolver));
+    let req = http::Request::get("/strict")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = router.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
 /// Back-pressure: while the inner service is not ready, neither is the layer.
 #[tokio::test]
 async fn readiness_of_the_inner_service_propagates() {

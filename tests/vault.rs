@@ -24,7 +24,33 @@ per_backend!(
     secrets_and_user_ids_never_leak,
     host_migrations_and_ours_coexist_in_both_orders,
     deletes_are_scoped_and_audited,
+    lookups_work_whatever_the_database_collation,
 );
+
+async fn lookups_work_whatever_the_database_collation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    let providers = ["ab", "a-z", "a_b", "a.b", "a0", "b"];
+    for p in providers {
+        vault.put("u", p, &format!("secret-{p}")).await.unwrap();
+    }
+    for keys in [
+        vault.get_all("u").await.unwrap(),
+        vault.keys_for("u").await.unwrap(),
+    ] {
+        for p in providers {
+            assert_eq!(
+                keys.get(p).map(|k| k.expose_secret().to_owned()),
+                Some(format!("secret-{p}")),
+                "{p}"
+            );
+        }
+        let listed: Vec<&str> = keys.providers().collect();
+        let mut bytewise = listed.clone();
+        bytewise.sort_unstable();
+        assert_eq!(listed, bytewise);
+    }
+}
 
 fn as_map(keys: &UserKeys) -> BTreeMap<String, String> {
     keys.iter()

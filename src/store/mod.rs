@@ -251,7 +251,8 @@ const MIGRATIONS_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS byok_migrations (
 
 fn checksum(sql: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(sql.as_bytes())
+    // Line endings normalized: a CRLF checkout must not look like an edited migration.
+    Sha256::digest(sql.replace("\r\n", "\n").as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

@@ -295,10 +295,15 @@ async fn fresh_pg_database() -> sqlx::postgres::PgConnectOptions {
         .connect_with(server.clone())
         .await
         .expect("connect to the PostgreSQL test server");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    // A linguistic collation, as production databases usually have: it orders text
+    // differently from bytes ("a-z" after "ab"), which the crate must not depend on.
+    sqlx::query(&format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
+         LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
+    ))
+    .execute(&admin)
+    .await
+    .expect("create a test database with an ICU en-US collation");
     admin.close().await;
     server.database(&name)
 }
