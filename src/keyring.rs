@@ -260,6 +260,11 @@ impl Keyring {
         self.keys.iter().find(|k| k.id() == id)
     }
 
+    /// All keys, the active one first.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &MasterKey> {
+        self.keys.iter()
+    }
+
     /// The ids of all keys, the active one first.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(MasterKey::id)

@@ -119,12 +119,22 @@ async fn unlock<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<VaultSecret
     let (user, provider) = CHECK_RECORD_SCOPE;
     let mut records = store.check_records().await?;
     if records.is_empty() {
+        // First use: one fresh vault secret, sealed under every key of the keyring, so an
+        // instance started at the same moment with any of these keys reads the same one.
         let fresh = VaultSecret::generate();
-        let sealed = UserCipher::new(keyring.active(), user).seal(user, provider, fresh.as_slice());
+        let sealed: Vec<(&str, Vec<u8>)> = keyring
+            .keys()
+            .map(|key| {
+                (
+                    key.id(),
+                    UserCipher::new(key, user).seal(user, provider, fresh.as_slice()),
+                )
+            })
+            .collect();
         store
-            .add_check_record(keyring.active().id(), &sealed, unix_ms(SystemTime::now()))
+            .add_check_records(&sealed, unix_ms(SystemTime::now()), true)
             .await?;
-        // Another instance may have won the race to write the first record: read back.
+        // Another instance may have won the race to write the first records: read back.
         records = store.check_records().await?;
     }
     let mut secret: Option<Zeroizing<Vec<u8>>> = None;
@@ -159,7 +169,7 @@ async fn unlock<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<VaultSecret
     if !records.iter().any(|(id, _)| id == active.id()) {
         let sealed = UserCipher::new(active, user).seal(user, provider, &secret);
         store
-            .add_check_record(active.id(), &sealed, unix_ms(SystemTime::now()))
+            .add_check_records(&[(active.id(), sealed)], unix_ms(SystemTime::now()), false)
             .await?;
     }
     VaultSecret::from_bytes(&secret)

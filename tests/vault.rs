@@ -25,7 +25,30 @@ per_backend!(
     host_migrations_and_ours_coexist_in_both_orders,
     deletes_are_scoped_and_audited,
     lookups_work_whatever_the_database_collation,
+    instances_opening_a_new_database_together_agree,
 );
+
+async fn instances_opening_a_new_database_together_agree(backend: Backend) {
+    for _ in 0..8 {
+        let db = TestDb::new(backend).await;
+        // One instance still on k1 alone, one already deployed with k2 active (rotation
+        // rolled out onto a brand-new database): both must end up sharing one vault.
+        let rotated = || {
+            Keyring::new(master("k2", 9))
+                .with_key(master("k1", 7))
+                .unwrap()
+        };
+        let (a, b) = tokio::join!(db.open(keyring()), db.open(rotated()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        a.put("u", "openai", "sk-from-a").await.unwrap();
+        b.put("u", "exa", "exa-from-b").await.unwrap();
+        assert_eq!(a.fingerprint("x"), b.fingerprint("x"), "one vault secret");
+        drop((a, b));
+        let again = db.open(rotated()).await.unwrap();
+        assert_eq!(again.get_all("u").await.unwrap().len(), 2);
+        db.open(keyring()).await.unwrap();
+    }
+}
 
 async fn lookups_work_whatever_the_database_collation(backend: Backend) {
     let db = TestDb::new(backend).await;

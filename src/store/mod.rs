@@ -157,13 +157,15 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The check records: `(master key id, sealed vault secret)`.
     fn check_records(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
 
-    /// Adds a check record unless one exists for that key id; returns whether it added.
-    fn add_check_record(
+    /// Adds check records `(master key id, sealed vault secret)`, each unless one exists
+    /// for its key id; when `only_if_none`, adds none unless the table is empty. Returns
+    /// how many it added. Atomic against another instance doing the same.
+    fn add_check_records(
         &self,
-        key_id: &str,
-        sealed: &[u8],
+        records: &[(&str, Vec<u8>)],
         at: i64,
-    ) -> impl Future<Output = Result<bool>> + Send;
+        only_if_none: bool,
+    ) -> impl Future<Output = Result<usize>> + Send;
 
     /// Audit records, oldest first: of one user when `user_ref` is given, else of all.
     fn audit_trail(
@@ -306,37 +308,48 @@ macro_rules! sql_key_store {
                 audit: &$crate::store::AuditRecord,
             ) -> $crate::Result<$crate::store::AuditAction> {
                 let mut tx = self.begin_write().await?;
-                // Inside the write transaction (SQLite: already holding the write lock), so
-                // the answer cannot change before the upsert below.
-                let existed: Option<i32> =
-                    sqlx::query_scalar("SELECT 1 FROM byok_keys WHERE user_id = $1 AND provider = $2")
-                        .bind(&row.user_id)
-                        .bind(&row.provider)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err($crate::Error::store)?;
-                sqlx::query(concat!(
-                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
-                    "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
-                    "ON CONFLICT (user_id, provider) DO UPDATE SET key_id = excluded.key_id, ",
-                    "sealed = excluded.sealed, hint = excluded.hint, fingerprint = excluded.fingerprint, ",
-                    "updated_at = excluded.updated_at, expires_at = excluded.expires_at"
-                ))
-                .bind(&row.user_id)
-                .bind(&row.provider)
-                .bind(&row.key_id)
-                .bind(&row.sealed)
-                .bind(&row.hint)
-                .bind(&row.fingerprint)
-                .bind(row.updated_at)
-                .bind(row.expires_at)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::Error::store)?;
-                let action = if existed.is_some() {
-                    $crate::store::AuditAction::Replace
-                } else {
-                    $crate::store::AuditAction::Put
+                // Insert-or-nothing, then update: under PostgreSQL's READ COMMITTED a second
+                // concurrent first write waits on the first's unique-index entry and then
+                // takes the update branch, so exactly one of them is audited as a put.
+                let action = loop {
+                    let inserted = sqlx::query(concat!(
+                        "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
+                        "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
+                        "ON CONFLICT (user_id, provider) DO NOTHING"
+                    ))
+                    .bind(&row.user_id)
+                    .bind(&row.provider)
+                    .bind(&row.key_id)
+                    .bind(&row.sealed)
+                    .bind(&row.hint)
+                    .bind(&row.fingerprint)
+                    .bind(row.updated_at)
+                    .bind(row.expires_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::store)?;
+                    if inserted.rows_affected() == 1 {
+                        break $crate::store::AuditAction::Put;
+                    }
+                    let updated = sqlx::query(concat!(
+                        "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
+                        "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2"
+                    ))
+                    .bind(&row.user_id)
+                    .bind(&row.provider)
+                    .bind(&row.key_id)
+                    .bind(&row.sealed)
+                    .bind(&row.hint)
+                    .bind(&row.fingerprint)
+                    .bind(row.updated_at)
+                    .bind(row.expires_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::store)?;
+                    if updated.rows_affected() == 1 {
+                        break $crate::store::AuditAction::Replace;
+                    }
+                    // Deleted between the two statements by another transaction: insert again.
                 };
                 Self::insert_audit(&mut tx, audit, &row.provider, action).await?;
                 tx.commit().await.map_err($crate::Error::store)?;
@@ -372,17 +385,39 @@ macro_rules! sql_key_store {
                     .map_err($crate::Error::store)
             }
 
-            async fn add_check_record(&self, key_id: &str, sealed: &[u8], at: i64) -> $crate::Result<bool> {
-                let done = sqlx::query(
-                    "INSERT INTO byok_check (key_id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
-                )
-                .bind(key_id)
-                .bind(sealed)
-                .bind(at)
-                .execute(&self.pool)
-                .await
-                .map_err($crate::Error::store)?;
-                Ok(done.rows_affected() == 1)
+            async fn add_check_records(
+                &self,
+                records: &[(&str, Vec<u8>)],
+                at: i64,
+                only_if_none: bool,
+            ) -> $crate::Result<usize> {
+                // Under the migration lock, so two instances opening a new database at once
+                // cannot both create first records, each with its own vault secret.
+                let mut tx = self.begin_locked().await?;
+                if only_if_none {
+                    let any: Option<i32> = sqlx::query_scalar("SELECT 1 FROM byok_check LIMIT 1")
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::Error::store)?;
+                    if any.is_some() {
+                        return Ok(0);
+                    }
+                }
+                let mut added = 0;
+                for (key_id, sealed) in records {
+                    let done = sqlx::query(
+                        "INSERT INTO byok_check (key_id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
+                    )
+                    .bind(key_id)
+                    .bind(sealed)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::store)?;
+                    added += usize::try_from(done.rows_affected()).unwrap_or(0);
+                }
+                tx.commit().await.map_err($crate::Error::store)?;
+                Ok(added)
             }
 
             async fn audit_trail(
@@ -450,7 +485,7 @@ macro_rules! sql_key_store {
             async fn run_migrations(&self) -> $crate::Result<()> {
                 use $crate::error::{Error, ErrorKind};
                 let fail = |e| Error::new(ErrorKind::Migration).with_source(e);
-                let mut tx = self.begin_migration().await?;
+                let mut tx = self.begin_locked().await.map_err(|e| Error::new(ErrorKind::Migration).with_source(e))?;
                 sqlx::Executor::execute(&mut *tx, $crate::store::MIGRATIONS_TABLE_DDL)
                     .await
                     .map_err(fail)?;

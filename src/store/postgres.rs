@@ -2,7 +2,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use super::{sql_key_store, Migration};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// The production backend: PostgreSQL, shared by every instance of the application.
 ///
@@ -59,14 +59,14 @@ impl PostgresStore {
         self.pool.begin().await.map_err(Error::store)
     }
 
-    async fn begin_migration(&self) -> Result<Transaction<'static, Postgres>> {
-        let fail = |e| Error::new(ErrorKind::Migration).with_source(e);
-        let mut tx = self.pool.begin().await.map_err(fail)?;
+    /// A transaction holding the lock that migrations and check-record creation take.
+    async fn begin_locked(&self) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await.map_err(Error::store)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(Self::MIGRATION_LOCK)
             .execute(&mut *tx)
             .await
-            .map_err(fail)?;
+            .map_err(Error::store)?;
         Ok(tx)
     }
 }

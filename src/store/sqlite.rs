@@ -8,7 +8,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 
 use super::{sql_key_store, Migration};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 /// The embedded default backend: a SQLite file (WAL mode) or an in-memory database.
 ///
@@ -93,7 +93,22 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None);
         }
-        let pool = pool.connect_with(options).await.map_err(Error::store)?;
+        // Switching a new file to WAL takes an exclusive lock without SQLite's busy
+        // handler, so two processes opening a brand-new database at once can see
+        // SQLITE_BUSY here: wait briefly and try again.
+        let mut attempts = 0;
+        let pool = loop {
+            match pool.clone().connect_with(options.clone()).await {
+                Ok(pool) => break pool,
+                Err(e) if attempts < 50 && is_busy(&e) => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    return Err(Error::store(e).with_detail("could not open the SQLite database"))
+                }
+            }
+        };
         Ok(Self { pool })
     }
 
@@ -106,11 +121,15 @@ impl SqliteStore {
             .map_err(Error::store)
     }
 
-    async fn begin_migration(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.begin_write()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Migration).with_source(e))
+    /// A transaction holding the lock that migrations and check-record creation take.
+    async fn begin_locked(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.begin_write().await
     }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6).
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")))
 }
 
 sql_key_store!(SqliteStore, Sqlite);

@@ -390,13 +390,15 @@ impl<S: tower_byok::KeyStore> tower_byok::KeyStore for Probed<S> {
     async fn check_records(&self) -> tower_byok::Result<Vec<(String, Vec<u8>)>> {
         self.inner.check_records().await
     }
-    async fn add_check_record(
+    async fn add_check_records(
         &self,
-        key_id: &str,
-        sealed: &[u8],
+        records: &[(&str, Vec<u8>)],
         at: i64,
-    ) -> tower_byok::Result<bool> {
-        self.inner.add_check_record(key_id, sealed, at).await
+        only_if_none: bool,
+    ) -> tower_byok::Result<usize> {
+        self.inner
+            .add_check_records(records, at, only_if_none)
+            .await
     }
     async fn audit_trail(
         &self,
