@@ -40,6 +40,10 @@ pub enum ErrorKind {
     Migration,
     /// An operation did not finish within its deadline.
     Timeout,
+    /// A legacy file could not be imported ([`import`](crate::import)): it is malformed
+    /// or ambiguous, a key did not read back as imported, or removing the source was
+    /// refused.
+    Import,
 }
 
 impl ErrorKind {
@@ -56,6 +60,7 @@ impl ErrorKind {
             Self::Store => "key store error",
             Self::Migration => "key store migration error",
             Self::Timeout => "operation timed out",
+            Self::Import => "legacy import error",
         }
     }
 }

@@ -138,6 +138,7 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod future;
+pub mod import;
 pub mod keyring;
 mod keys;
 mod layer;
@@ -166,3 +167,30 @@ pub use crate::store::SqliteStore;
 pub use crate::store::{AuditAction, AuditRecord, KeyStore};
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
 pub use crate::vault::{Vault, VaultBuilder, DEFAULT_ACTOR};
+
+/// Internals exposed for the crate's own benchmarks only: not a public API, no semver.
+#[doc(hidden)]
+pub mod __bench {
+    use crate::crypto::UserCipher;
+    use crate::MasterKey;
+
+    /// A user's cipher, derived once, for timing seal and open without the derivation.
+    pub struct Cipher<'k>(UserCipher<'k>);
+
+    impl<'k> Cipher<'k> {
+        /// Derives the per-user key.
+        pub fn derive(master: &'k MasterKey, user_id: &str) -> Self {
+            Self(UserCipher::new(master, user_id))
+        }
+
+        /// Seals one secret.
+        pub fn seal(&self, user_id: &str, provider: &str, secret: &[u8]) -> Vec<u8> {
+            self.0.seal(user_id, provider, secret)
+        }
+
+        /// Opens one blob.
+        pub fn open(&self, user_id: &str, provider: &str, blob: &[u8]) -> bool {
+            self.0.open(user_id, provider, blob).is_ok()
+        }
+    }
+}
