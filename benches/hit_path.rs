@@ -4,7 +4,10 @@
 //! - `prebuilt_arc_floor`: a minimal layer that inserts a prebuilt `Arc` into the
 //!   request extensions, the least any per-user layer can cost;
 //! - `byok_hit`: tower-byok with the user's three keys cached;
-//! - `byok_no_user`: tower-byok on a request with no user.
+//! - `naive_moka_layer`: a hand-written layer doing what a first attempt would: a moka
+//!   lookup of the user's `Arc` per request, then the insert;
+//! - `byok_no_user`: tower-byok on a request with no user (the same request with its
+//!   user header renamed), beside `bare`.
 //!
 //! Run: `cargo bench --bench hit_path`. On a hit every future is ready at once, so each
 //! request is polled once with a no-op waker: no runtime in the timed loop.
@@ -82,6 +85,31 @@ fn hit_path(c: &mut Criterion) {
         .service(inner);
     group.bench_function("prebuilt_arc_floor", |b| {
         b.iter(|| ready_now(floor.call(black_box(request(Some("bench-user"))))))
+    });
+
+    let moka: moka::sync::Cache<String, Arc<Vec<(&str, &str)>>> = moka::sync::Cache::builder()
+        .time_to_live(std::time::Duration::from_secs(30))
+        .max_capacity(100_000)
+        .build();
+    moka.insert(
+        "bench-user".to_owned(),
+        Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]),
+    );
+    let mut naive = ServiceBuilder::new()
+        .map_request(move |mut req: Request<()>| {
+            let user = req
+                .headers()
+                .get("x-user")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(keys) = user.and_then(|u| moka.get(&u)) {
+                req.extensions_mut().insert(keys);
+            }
+            req
+        })
+        .service(inner);
+    group.bench_function("naive_moka_layer", |b| {
+        b.iter(|| ready_now(naive.call(black_box(request(Some("bench-user"))))))
     });
 
     let mut byok = ServiceBuilder::new()

@@ -1,26 +1,101 @@
-//! The per-user key cache: moka for the entries, single-flight loads, and generations
-//! so that a load which raced a write cannot put the older keys back.
+//! The per-user key cache.
+//!
+//! moka decides who stays cached: its capacity bound, TinyLFU admission and TTL. But a
+//! moka `get` records every read for that policy, which costs more than the rest of the
+//! request path together, so hits are served from a sharded read-mostly index that moka
+//! keeps in step through its eviction listener. Each index entry carries one monotonic
+//! deadline (the TTL, or the earliest key expiry if sooner), checked on every hit, so
+//! correctness never waits on moka's housekeeping. One hit in [`SAMPLE`] is also read
+//! through moka, to keep its popularity estimates honest.
+//!
+//! Loads are single-flight per user, and guarded by generations so that a load which
+//! raced a write cannot put the older keys back.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
 
+type Hasher = foldhash::fast::RandomState;
+
 /// Invalidations are counted per stripe of users: a write to one user makes concurrent
 /// loads of the users sharing its stripe skip caching once, which is harmless.
 const STRIPES: usize = 64;
+/// Shards of the hit index: enough that two cores rarely share a lock's cache line.
+const SHARDS: usize = 32;
+/// One hit in this many is also recorded by moka.
+const SAMPLE: u32 = 16;
 
 #[derive(Clone)]
 struct Entry {
     keys: UserKeys,
-    /// The earliest expiry among the keys: past it, the entry is a miss.
-    stale_at: Option<SystemTime>,
+    /// Past this instant the entry is a miss: the TTL, or the earliest key expiry.
+    deadline: Instant,
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Entry, Hasher>>;
+
+/// The read-mostly index the hit path reads.
+struct Index {
+    shards: Box<[Shard]>,
+    hasher: Hasher,
+}
+
+impl Index {
+    fn new(hasher: Hasher) -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
+            .collect();
+        Self { shards, hasher }
+    }
+
+    fn shard(&self, user_id: &str) -> &Shard {
+        &self.shards[(self.hasher.hash_one(user_id) % SHARDS as u64) as usize]
+    }
+
+    fn get(&self, user_id: &str) -> Option<Entry> {
+        // A poisoned shard still holds whole entries: each write is one map operation.
+        let shard = self
+            .shard(user_id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(user_id).cloned()
+    }
+
+    fn insert(&self, user_id: Arc<str>, entry: Entry) {
+        let mut shard = self
+            .shard(&user_id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.insert(user_id, entry);
+    }
+
+    fn remove(&self, user_id: &str) {
+        let mut shard = self
+            .shard(user_id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.remove(user_id);
+    }
+
+    /// Removes the entry only if it still holds `keys`: moka reports evictions late, and
+    /// must not take out a newer entry for the same user.
+    fn remove_if_same(&self, user_id: &str, keys: &UserKeys) {
+        let mut shard = self
+            .shard(user_id)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.get(user_id).is_some_and(|e| e.keys.is_same(keys)) {
+            shard.remove(user_id);
+        }
+    }
 }
 
 /// One load in progress, shared by every request that misses on the same user.
@@ -36,24 +111,36 @@ struct Shared {
 }
 
 pub(crate) struct KeyCache {
-    entries: moka::sync::Cache<Arc<str>, Entry>,
+    index: Arc<Index>,
+    /// The policy: who stays, for how long. Its evictions remove index entries.
+    policy: moka::sync::Cache<Arc<str>, UserKeys, Hasher>,
     shared: Mutex<Shared>,
-    stripe_hasher: RandomState,
+    hasher: Hasher,
+    ttl: Duration,
     load_timeout: Duration,
 }
 
 impl KeyCache {
     pub(crate) fn new(ttl: Duration, capacity: u64, load_timeout: Duration) -> Self {
+        let hasher = Hasher::default();
+        let index = Arc::new(Index::new(hasher.clone()));
+        let evicted = index.clone();
+        let policy = moka::sync::Cache::builder()
+            .time_to_live(ttl)
+            .max_capacity(capacity)
+            .eviction_listener(move |user_id: Arc<Arc<str>>, keys: UserKeys, _cause| {
+                evicted.remove_if_same(&user_id, &keys);
+            })
+            .build_with_hasher(hasher.clone());
         Self {
-            entries: moka::sync::Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(capacity)
-                .build(),
+            index,
+            policy,
             shared: Mutex::new(Shared {
                 flights: HashMap::new(),
                 generations: [0; STRIPES],
             }),
-            stripe_hasher: RandomState::new(),
+            hasher,
+            ttl,
             load_timeout,
         }
     }
@@ -65,16 +152,45 @@ impl KeyCache {
     }
 
     fn stripe(&self, user_id: &str) -> usize {
-        (self.stripe_hasher.hash_one(user_id) % STRIPES as u64) as usize
+        (self.hasher.hash_one(user_id).rotate_left(17) % STRIPES as u64) as usize
     }
 
     /// The cached keys of a user, without waiting: the request path's fast lane.
     pub(crate) fn get(&self, user_id: &str) -> Option<UserKeys> {
-        let entry = self.entries.get(user_id)?;
-        match entry.stale_at {
-            Some(at) if at <= SystemTime::now() => None,
-            _ => Some(entry.keys),
+        let entry = self.index.get(user_id)?;
+        if entry.deadline <= Instant::now() {
+            return None;
         }
+        thread_local!(static HITS: Cell<u32> = const { Cell::new(0) });
+        let hits = HITS.with(|h| {
+            let n = h.get().wrapping_add(1);
+            h.set(n);
+            n
+        });
+        if hits.is_multiple_of(SAMPLE) {
+            self.policy.get(user_id);
+        }
+        Some(entry.keys)
+    }
+
+    /// Caches freshly loaded keys. Called under the shared lock.
+    fn insert(&self, user_id: Arc<str>, keys: &UserKeys) {
+        let now = Instant::now();
+        let mut deadline = now + self.ttl;
+        if let Some(expiry) = keys.earliest_expiry() {
+            let left = expiry
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            deadline = deadline.min(now + left);
+        }
+        self.index.insert(
+            user_id.clone(),
+            Entry {
+                keys: keys.clone(),
+                deadline,
+            },
+        );
+        self.policy.insert(user_id, keys.clone());
     }
 
     /// The keys of a user from the cache, or from `load` with concurrent misses for the
@@ -133,11 +249,7 @@ impl KeyCache {
                     // invalidation came first and bumped the generation, so these keys
                     // are not cached, or it comes after and removes them.
                     if shared.generations[stripe] == flight.generation {
-                        let entry = Entry {
-                            stale_at: keys.earliest_expiry(),
-                            keys: keys.clone(),
-                        };
-                        self.entries.insert(key.clone(), entry);
+                        self.insert(key.clone(), keys);
                     }
                 }
                 loaded
@@ -163,7 +275,8 @@ impl KeyCache {
         let mut shared = self.lock();
         shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
         shared.flights.remove(user_id);
-        self.entries.invalidate(user_id);
+        self.index.remove(user_id);
+        self.policy.invalidate(user_id);
     }
 }
 

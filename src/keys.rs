@@ -193,6 +193,11 @@ impl UserKeys {
         Self::from_sorted(keys)
     }
 
+    /// Whether both are the same set (one load), not merely equal.
+    pub(crate) fn is_same(&self, other: &UserKeys) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
+    }
+
     /// The earliest expiry among the keys, if any expires.
     pub(crate) fn earliest_expiry(&self) -> Option<SystemTime> {
         self.keys.iter().filter_map(|k| k.expires_at).min()

@@ -374,6 +374,12 @@ impl Vault {
         self.cached(user_id).await.map_err(Error::new)
     }
 
+    /// Drops this process's cached keys of a user, so the next request loads them from
+    /// the database: for changes made outside this vault (another tool, raw SQL).
+    pub fn forget_cached(&self, user_id: &str) {
+        self.inner.cache.invalidate(user_id);
+    }
+
     /// The cached keys of an already validated user id, if present: no waiting.
     pub(crate) fn cache_hit(&self, user_id: &str) -> Option<UserKeys> {
         self.inner.cache.get(user_id)

@@ -35,7 +35,7 @@ impl PostgresStore {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Store`] when the URL is malformed or the server cannot be reached.
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the URL is malformed or the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(16)

@@ -40,7 +40,7 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Store`] when the file cannot be opened or created.
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the file cannot be opened or created.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -52,7 +52,7 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Store`] when the URL is malformed or the database cannot be opened.
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the URL is malformed or the database cannot be opened.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url).map_err(Error::store)?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
@@ -63,7 +63,7 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Store`] when SQLite cannot be started.
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when SQLite cannot be started.
     pub async fn in_memory() -> Result<Self> {
         Self::connect_with(SqliteConnectOptions::new().in_memory(true), 1).await
     }

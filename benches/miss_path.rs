@@ -1,0 +1,182 @@
+//! A cache miss: one cold user's three keys read and decrypted, beside the floor of a raw
+//! sqlx select of the same rows plus the raw decryption (HKDF-SHA256 and three
+//! XChaCha20-Poly1305 opens, written from `docs/FORMAT.md`), in the same run:
+//!
+//! - `sqlite/byok` and `sqlite/raw`: a SQLite file in WAL mode;
+//! - `postgres/byok` and `postgres/raw`: PostgreSQL over loopback, when
+//!   `BYOK_BENCH_POSTGRES_URL` (or `BYOK_TEST_POSTGRES_URL`) names a server.
+//!
+//! Run: `cargo bench --bench miss_path` (or `bash .ci/test` style: start a server and set
+//! the variable; see BENCHMARKS.md).
+
+// `criterion_group!` expands to an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use tower_byok::{Keyring, MasterKey, Vault};
+
+const USER: &str = "bench-cold-user";
+const MASTER: [u8; 32] = [7; 32];
+
+fn lp(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(&(field.len() as u32).to_be_bytes());
+    out.extend_from_slice(field);
+}
+
+/// The raw decryption of `docs/FORMAT.md`: derive once, open each row.
+fn raw_open(rows: &[(String, String, Vec<u8>)]) -> usize {
+    let mut info = Vec::new();
+    lp(&mut info, b"user-key");
+    lp(&mut info, USER.as_bytes());
+    let mut key = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(b"tower-byok v1"), &MASTER)
+        .expand(&info, &mut key)
+        .expect("hkdf");
+    let cipher = XChaCha20Poly1305::new(&key.into());
+    let mut opened = 0;
+    for (provider, key_id, blob) in rows {
+        let mut aad = vec![1u8];
+        lp(&mut aad, key_id.as_bytes());
+        lp(&mut aad, USER.as_bytes());
+        lp(&mut aad, provider.as_bytes());
+        let (body, tag) = blob[25..].split_at(blob.len() - 25 - 16);
+        let mut plain = body.to_vec();
+        cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&blob[1..25]),
+                &aad,
+                &mut plain,
+                Tag::from_slice(tag),
+            )
+            .expect("open");
+        opened += usize::from(!plain.is_empty());
+    }
+    opened
+}
+
+const SELECT: &str = "SELECT provider, key_id, sealed FROM byok_keys WHERE user_id = $1";
+
+async fn seed(vault: &Vault) {
+    for (provider, secret) in [
+        (
+            "openai",
+            "sk-proj-bench-0123456789abcdefghijklmnopqrstuvwxyzABCD",
+        ),
+        ("gemini", "AIzaSyBench-0123456789abcdefghijklmnop"),
+        ("exa", "exa-bench-0123456789abcdefghijklmno"),
+    ] {
+        vault.put(USER, provider, secret).await.expect("put");
+    }
+}
+
+fn keyring() -> Keyring {
+    Keyring::new(MasterKey::from_bytes("k1", MASTER).expect("key"))
+}
+
+fn miss_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("miss_path");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bench.db");
+    let (vault, raw) = rt.block_on(async {
+        let vault = Vault::open(
+            tower_byok::SqliteStore::open(&path).await.expect("store"),
+            keyring(),
+        )
+        .await
+        .expect("vault");
+        seed(&vault).await;
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let raw = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .expect("raw pool");
+        (vault, raw)
+    });
+    group.bench_function("sqlite/byok", |b| {
+        b.to_async(&rt).iter_batched(
+            || vault.forget_cached(USER),
+            |()| async { assert_eq!(vault.keys_for(USER).await.expect("load").len(), 3) },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("sqlite/raw", |b| {
+        b.to_async(&rt).iter(|| async {
+            let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(SELECT)
+                .bind(USER)
+                .fetch_all(&raw)
+                .await
+                .expect("select");
+            assert_eq!(raw_open(&rows), 3);
+        })
+    });
+
+    #[cfg(feature = "postgres")]
+    postgres(&rt, &mut group);
+    #[cfg(not(feature = "postgres"))]
+    eprintln!("miss_path: built without the postgres feature, PostgreSQL skipped");
+    group.finish();
+}
+
+#[cfg(feature = "postgres")]
+fn postgres(
+    rt: &tokio::runtime::Runtime,
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+) {
+    let url = std::env::var("BYOK_BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("BYOK_TEST_POSTGRES_URL"));
+    match url {
+        Ok(url) => {
+            let (vault, raw) = rt.block_on(async {
+                let vault = Vault::open(
+                    tower_byok::PostgresStore::connect(&url)
+                        .await
+                        .expect("store"),
+                    keyring(),
+                )
+                .await
+                .expect("vault (a database whose vault uses another master key cannot be reused)");
+                seed(&vault).await;
+                let raw = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .connect(&url)
+                    .await
+                    .expect("raw pool");
+                (vault, raw)
+            });
+            group.bench_function("postgres/byok", |b| {
+                b.to_async(rt).iter_batched(
+                    || vault.forget_cached(USER),
+                    |()| async { assert_eq!(vault.keys_for(USER).await.expect("load").len(), 3) },
+                    BatchSize::PerIteration,
+                )
+            });
+            group.bench_function("postgres/raw", |b| {
+                b.to_async(rt).iter(|| async {
+                    let rows: Vec<(String, String, Vec<u8>)> = sqlx::query_as(SELECT)
+                        .bind(USER)
+                        .fetch_all(&raw)
+                        .await
+                        .expect("select");
+                    assert_eq!(raw_open(&rows), 3);
+                })
+            });
+        }
+        Err(_) => eprintln!("miss_path: BYOK_BENCH_POSTGRES_URL is not set, PostgreSQL skipped"),
+    }
+}
+
+criterion_group!(benches, miss_path);
+criterion_main!(benches);
