@@ -65,8 +65,63 @@ impl KeyStore for Counting {
             .add_check_records(records, at, only_if_none)
             .await
     }
-    async fn audit_trail(&self, user_ref: Option<&str>) -> tower_byok::Result<Vec<AuditRecord>> {
-        self.inner.audit_trail(user_ref).await
+    async fn remove_check_record(&self, key_id: &str) -> tower_byok::Result<bool> {
+        self.inner.remove_check_record(key_id).await
+    }
+    async fn audit_trail(
+        &self,
+        query: &tower_byok::AuditQuery,
+    ) -> tower_byok::Result<Vec<tower_byok::AuditRecord>> {
+        self.inner.audit_trail(query).await
+    }
+    async fn keys_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> tower_byok::Result<Vec<tower_byok::store::StoredKey>> {
+        self.inner.keys_page(after, limit, exclude_key_id).await
+    }
+    async fn reseal(
+        &self,
+        old: &tower_byok::store::StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &tower_byok::AuditRecord,
+    ) -> tower_byok::Result<bool> {
+        self.inner.reseal(old, key_id, sealed, audit).await
+    }
+    async fn key_usage(&self) -> tower_byok::Result<Vec<(String, i64)>> {
+        self.inner.key_usage().await
+    }
+    async fn set_expiry(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expires_at: Option<i64>,
+        audit: &tower_byok::AuditRecord,
+    ) -> tower_byok::Result<bool> {
+        self.inner
+            .set_expiry(user_id, provider, expires_at, audit)
+            .await
+    }
+    async fn expired_keys(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> tower_byok::Result<Vec<(String, String)>> {
+        self.inner.expired_keys(now, limit).await
+    }
+    async fn delete_expired(
+        &self,
+        user_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &tower_byok::AuditRecord,
+    ) -> tower_byok::Result<bool> {
+        self.inner
+            .delete_expired(user_id, provider, now, audit)
+            .await
     }
 }
 

@@ -142,6 +142,7 @@ pub mod import;
 pub mod keyring;
 mod keys;
 mod layer;
+pub mod lifecycle;
 mod rejection;
 pub mod resolve;
 mod service;
@@ -158,13 +159,14 @@ pub use crate::future::ResponseFuture;
 pub use crate::keyring::{Keyring, MasterKey};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 pub use crate::layer::{ByokLayer, DevEnvFallback};
+pub use crate::lifecycle::{KeyUsage, Progress, RewrapReport, RowFailure, VerifyReport};
 pub use crate::resolve::ResolveUser;
 pub use crate::service::Byok;
 #[cfg(feature = "postgres")]
 pub use crate::store::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use crate::store::SqliteStore;
-pub use crate::store::{AuditAction, AuditRecord, KeyStore};
+pub use crate::store::{AuditAction, AuditQuery, AuditRecord, KeyStore};
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
 pub use crate::vault::{Vault, VaultBuilder, DEFAULT_ACTOR};
 

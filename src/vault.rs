@@ -12,7 +12,7 @@ use crate::crypto::{UserCipher, VaultSecret, CHECK_RECORD_SCOPE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
 use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
-use crate::store::{AuditAction, AuditRecord, DynStore, KeyStore, StoredKey};
+use crate::store::{AuditAction, AuditQuery, AuditRecord, DynStore, KeyStore, StoredKey};
 use crate::validate;
 
 /// The actor recorded in the audit trail when none is set with [`Vault::with_actor`].
@@ -45,15 +45,15 @@ pub const DEFAULT_ACTOR: &str = "app";
 /// ```
 #[derive(Clone)]
 pub struct Vault {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     actor: Arc<str>,
 }
 
-struct Inner {
-    store: Box<dyn DynStore>,
-    keyring: Keyring,
-    secret: VaultSecret,
-    cache: KeyCache,
+pub(crate) struct Inner {
+    pub(crate) store: Box<dyn DynStore>,
+    pub(crate) keyring: Keyring,
+    pub(crate) secret: VaultSecret,
+    pub(crate) cache: KeyCache,
 }
 
 /// Settings for opening a [`Vault`]; made by [`Vault::builder`].
@@ -102,6 +102,7 @@ impl<S: KeyStore> VaultBuilder<S> {
     pub async fn open(self) -> Result<Vault> {
         self.store.migrate().await?;
         let secret = unlock(&self.store, &self.keyring).await?;
+        refuse_unreadable_rows(&self.store, &self.keyring).await?;
         Ok(Vault {
             inner: Arc::new(Inner {
                 store: Box::new(self.store),
@@ -173,6 +174,26 @@ async fn unlock<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<VaultSecret
             .await?;
     }
     VaultSecret::from_bytes(&secret)
+}
+
+/// Refuses a keyring that lacks a master key some stored rows are sealed under: those
+/// users' requests would all fail, so it is a configuration error, found at start-up.
+async fn refuse_unreadable_rows<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<()> {
+    let missing: Vec<String> = store
+        .key_usage()
+        .await?
+        .into_iter()
+        .filter(|(id, count)| *count > 0 && keyring.get(id).is_none())
+        .map(|(id, count)| format!("{count} under `{id}`"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
+        "stored keys are sealed under master keys the keyring does not hold ({}): \
+         put those keys back into the keyring, after the active one",
+        missing.join(", ")
+    )))
 }
 
 impl Vault {
@@ -308,7 +329,7 @@ impl Vault {
         Ok(action)
     }
 
-    fn audit(&self, user_id: &str, at: i64) -> AuditRecord {
+    pub(crate) fn audit(&self, user_id: &str, at: i64) -> AuditRecord {
         AuditRecord {
             at,
             user_ref: self.inner.secret.user_ref(user_id),
@@ -457,10 +478,11 @@ impl Vault {
     /// Input and store errors as [`put`](Self::put).
     pub async fn audit_trail(&self, user_id: &str) -> Result<Vec<AuditRecord>> {
         let user_id = validate::user_id(user_id)?;
-        self.inner
-            .store
-            .audit_trail(Some(&self.user_ref(user_id)))
-            .await
+        let query = AuditQuery {
+            user_ref: Some(self.user_ref(user_id)),
+            ..AuditQuery::default()
+        };
+        self.inner.store.audit_trail(&query).await
     }
 
     /// The fingerprint this vault gives `secret`, to compare with [`KeyInfo::fingerprint`].
@@ -479,14 +501,14 @@ impl fmt::Debug for Vault {
 }
 
 /// Opens rows of one user, deriving the user's cipher once per master key.
-struct Opener<'a> {
+pub(crate) struct Opener<'a> {
     inner: &'a Inner,
     user_id: &'a str,
     ciphers: HashMap<&'a str, UserCipher<'a>>,
 }
 
 impl<'a> Opener<'a> {
-    fn new(inner: &'a Inner, user_id: &'a str) -> Self {
+    pub(crate) fn new(inner: &'a Inner, user_id: &'a str) -> Self {
         Self {
             inner,
             user_id,
@@ -495,7 +517,7 @@ impl<'a> Opener<'a> {
     }
 
     /// The opened key, or `None` when it has expired.
-    fn open(&mut self, row: &StoredKey, now: SystemTime) -> Result<Option<ProviderKey>> {
+    pub(crate) fn open(&mut self, row: &StoredKey, now: SystemTime) -> Result<Option<ProviderKey>> {
         let expires_at = row.expires_at.map(from_unix_ms);
         if expires_at.is_some_and(|at| at <= now) {
             return Ok(None);

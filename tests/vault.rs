@@ -46,7 +46,9 @@ async fn instances_opening_a_new_database_together_agree(backend: Backend) {
         drop((a, b));
         let again = db.open(rotated()).await.unwrap();
         assert_eq!(again.get_all("u").await.unwrap().len(), 2);
-        db.open(keyring()).await.unwrap();
+        // b's row is sealed under k2: a k1-only instance is refused at start-up.
+        let err = db.open(keyring()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WrongMasterKey);
     }
 }
 
@@ -298,6 +300,15 @@ async fn swapped_or_moved_rows_fail_to_open(backend: Backend) {
         vault.get("user-b", "openai").await.unwrap_err().kind(),
         ErrorKind::UnknownMasterKey
     );
+    // A new process refuses such a database at start-up, naming the missing key.
+    let err = db.open(keyring()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongMasterKey);
+    assert!(err.to_string().contains("1 under `k9`"), "{err}");
+    assert_eq!(
+        db.exec("UPDATE byok_keys SET key_id = 'k1' WHERE user_id = 'user-b'")
+            .await,
+        1
+    );
     let two = Keyring::new(master("k2", 9))
         .with_key(master("k1", 7))
         .unwrap();
@@ -395,20 +406,31 @@ async fn wrong_or_missing_master_key_is_refused_at_open(backend: Backend) {
     );
     vault.put("u", "exa", "exa-under-k2").await.unwrap();
     drop(vault);
-    // The new key alone opens the vault, but not rows still sealed under the old one.
+    // The new key alone is refused while rows are still sealed under the old one...
+    let err = db.open(Keyring::new(master("k2", 9))).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WrongMasterKey);
+    assert!(err.to_string().contains("1 under `k1`"), "{err}");
+    // ...and opens once a rewrap has moved them.
+    let both = Keyring::new(master("k2", 9))
+        .with_key(master("k1", 7))
+        .unwrap();
+    let report = db
+        .open(both)
+        .await
+        .unwrap()
+        .rewrap(10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.resealed, 1);
     let vault = db.open(Keyring::new(master("k2", 9))).await.unwrap();
     assert_eq!(
         vault
-            .get("u", "exa")
+            .get("u", "openai")
             .await
             .unwrap()
             .unwrap()
             .expose_secret(),
-        "exa-under-k2"
-    );
-    assert_eq!(
-        vault.get("u", "openai").await.unwrap_err().kind(),
-        ErrorKind::UnknownMasterKey
+        "sk-under-k1"
     );
 }
 

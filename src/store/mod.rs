@@ -75,6 +75,12 @@ pub enum AuditAction {
     Replace,
     /// A key was deleted.
     Delete,
+    /// A key's expiry was set, changed or cleared.
+    ExpiryChange,
+    /// A key was re-sealed under another master key (rotation); its secret is unchanged.
+    Rewrap,
+    /// An expired key was removed by [`Vault::purge_expired`](crate::Vault::purge_expired).
+    Purge,
 }
 
 impl AuditAction {
@@ -84,6 +90,9 @@ impl AuditAction {
             Self::Put => "put",
             Self::Replace => "replace",
             Self::Delete => "delete",
+            Self::ExpiryChange => "expiry",
+            Self::Rewrap => "rewrap",
+            Self::Purge => "purge",
         }
     }
 
@@ -93,6 +102,9 @@ impl AuditAction {
             "put" => Self::Put,
             "replace" => Self::Replace,
             "delete" => Self::Delete,
+            "expiry" => Self::ExpiryChange,
+            "rewrap" => Self::Rewrap,
+            "purge" => Self::Purge,
             _ => return None,
         })
     }
@@ -114,6 +126,20 @@ pub struct AuditRecord {
     pub action: AuditAction,
     /// Who did it, as the application named itself to the vault.
     pub actor: String,
+}
+
+/// Which audit records to read: all conditions given must hold. Times are Unix
+/// milliseconds, `since` inclusive, `until` exclusive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only this user's records (a [`Vault::user_ref`](crate::Vault::user_ref)).
+    pub user_ref: Option<String>,
+    /// Only records at or after this time.
+    pub since: Option<i64>,
+    /// Only records before this time.
+    pub until: Option<i64>,
+    /// At most this many records, oldest first.
+    pub limit: Option<u32>,
 }
 
 /// The storage a [`Vault`](crate::Vault) runs on.
@@ -167,11 +193,65 @@ pub trait KeyStore: Send + Sync + 'static {
         only_if_none: bool,
     ) -> impl Future<Output = Result<usize>> + Send;
 
-    /// Audit records, oldest first: of one user when `user_ref` is given, else of all.
+    /// Removes the check record of a master key; returns whether there was one.
+    fn remove_check_record(&self, key_id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Audit records matching `query`, oldest first.
     fn audit_trail(
         &self,
-        user_ref: Option<&str>,
+        query: &AuditQuery,
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+
+    /// Up to `limit` rows in `(user_id, provider)` order, after `after` when given, and
+    /// only rows not sealed under `exclude_key_id` when given: the pages of a rewrap or
+    /// a verification.
+    fn keys_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// Replaces the seal of `old` with `sealed` under `key_id`, only if the row still
+    /// holds exactly `old`'s key id and blob (so a concurrent write wins), writing `audit`
+    /// as a [`AuditAction::Rewrap`] in the same transaction. Returns whether it did.
+    fn reseal(
+        &self,
+        old: &StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// How many rows each master key id seals, by key id.
+    fn key_usage(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+
+    /// Sets or clears (`None`) a key's expiry, writing `audit` as a
+    /// [`AuditAction::ExpiryChange`]. Returns whether the key exists.
+    fn set_expiry(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expires_at: Option<i64>,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Up to `limit` `(user_id, provider)` of keys expired at `now`, oldest expiry first.
+    fn expired_keys(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+
+    /// Deletes a key if it has expired at `now`, writing `audit` as a
+    /// [`AuditAction::Purge`]. Returns whether it did.
+    fn delete_expired(
+        &self,
+        user_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -196,10 +276,41 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         provider: Option<&'a str>,
         audit: &'a AuditRecord,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
-    fn audit_trail<'a>(
+    fn remove_check_record<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<bool>>;
+    fn audit_trail<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Vec<AuditRecord>>>;
+    fn keys_page<'a>(
         &'a self,
-        user_ref: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<AuditRecord>>>;
+        after: Option<(&'a str, &'a str)>,
+        limit: u32,
+        exclude_key_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn reseal<'a>(
+        &'a self,
+        old: &'a StoredKey,
+        key_id: &'a str,
+        sealed: &'a [u8],
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn key_usage<'a>(&'a self) -> BoxFuture<'a, Result<Vec<(String, i64)>>>;
+    fn set_expiry<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: &'a str,
+        expires_at: Option<i64>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn expired_keys<'a>(
+        &'a self,
+        now: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>>>;
+    fn delete_expired<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: &'a str,
+        now: i64,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
 }
 
 impl<S: KeyStore> DynStore for S {
@@ -228,11 +339,60 @@ impl<S: KeyStore> DynStore for S {
     ) -> BoxFuture<'a, Result<Vec<String>>> {
         Box::pin(KeyStore::delete(self, user_id, provider, audit))
     }
-    fn audit_trail<'a>(
+    fn remove_check_record<'a>(&'a self, key_id: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(KeyStore::remove_check_record(self, key_id))
+    }
+    fn audit_trail<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Vec<AuditRecord>>> {
+        Box::pin(KeyStore::audit_trail(self, query))
+    }
+    fn keys_page<'a>(
         &'a self,
-        user_ref: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Vec<AuditRecord>>> {
-        Box::pin(KeyStore::audit_trail(self, user_ref))
+        after: Option<(&'a str, &'a str)>,
+        limit: u32,
+        exclude_key_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
+        Box::pin(KeyStore::keys_page(self, after, limit, exclude_key_id))
+    }
+    fn reseal<'a>(
+        &'a self,
+        old: &'a StoredKey,
+        key_id: &'a str,
+        sealed: &'a [u8],
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(KeyStore::reseal(self, old, key_id, sealed, audit))
+    }
+    fn key_usage<'a>(&'a self) -> BoxFuture<'a, Result<Vec<(String, i64)>>> {
+        Box::pin(KeyStore::key_usage(self))
+    }
+    fn set_expiry<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: &'a str,
+        expires_at: Option<i64>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(KeyStore::set_expiry(
+            self, user_id, provider, expires_at, audit,
+        ))
+    }
+    fn expired_keys<'a>(
+        &'a self,
+        now: i64,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>>> {
+        Box::pin(KeyStore::expired_keys(self, now, limit))
+    }
+    fn delete_expired<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: &'a str,
+        now: i64,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(KeyStore::delete_expired(
+            self, user_id, provider, now, audit,
+        ))
     }
 }
 
@@ -420,18 +580,58 @@ macro_rules! sql_key_store {
                 Ok(added)
             }
 
+            async fn remove_check_record(&self, key_id: &str) -> $crate::Result<bool> {
+                let done = sqlx::query("DELETE FROM byok_check WHERE key_id = $1")
+                    .bind(key_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::Error::store)?;
+                Ok(done.rows_affected() > 0)
+            }
+
             async fn audit_trail(
                 &self,
-                user_ref: Option<&str>,
+                query: &$crate::store::AuditQuery,
             ) -> $crate::Result<Vec<$crate::store::AuditRecord>> {
-                let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(concat!(
-                    "SELECT at, user_ref, provider, action, actor FROM byok_audit ",
-                    "WHERE $1 IS NULL OR user_ref = $1 ORDER BY id"
-                ))
-                .bind(user_ref)
-                .fetch_all(&self.pool)
-                .await
-                .map_err($crate::Error::store)?;
+                // Only the conditions given, so each query can use its index.
+                let mut sql = String::from("SELECT at, user_ref, provider, action, actor FROM byok_audit");
+                let mut conditions = Vec::new();
+                let mut n = 0;
+                let mut placeholder = || {
+                    n += 1;
+                    format!("${n}")
+                };
+                if query.user_ref.is_some() {
+                    conditions.push(format!("user_ref = {}", placeholder()));
+                }
+                if query.since.is_some() {
+                    conditions.push(format!("at >= {}", placeholder()));
+                }
+                if query.until.is_some() {
+                    conditions.push(format!("at < {}", placeholder()));
+                }
+                if !conditions.is_empty() {
+                    sql.push_str(" WHERE ");
+                    sql.push_str(&conditions.join(" AND "));
+                }
+                sql.push_str(" ORDER BY id");
+                if query.limit.is_some() {
+                    sql.push_str(&format!(" LIMIT {}", placeholder()));
+                }
+                let mut q = sqlx::query_as::<_, (i64, String, String, String, String)>(&sql);
+                if let Some(user_ref) = &query.user_ref {
+                    q = q.bind(user_ref);
+                }
+                if let Some(since) = query.since {
+                    q = q.bind(since);
+                }
+                if let Some(until) = query.until {
+                    q = q.bind(until);
+                }
+                if let Some(limit) = query.limit {
+                    q = q.bind(i64::from(limit));
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err($crate::Error::store)?;
                 rows.into_iter()
                     .map(|(at, user_ref, provider, action, actor)| {
                         let action = $crate::store::AuditAction::parse(&action).ok_or_else(|| {
@@ -440,6 +640,126 @@ macro_rules! sql_key_store {
                         Ok($crate::store::AuditRecord { at, user_ref, provider, action, actor })
                     })
                     .collect()
+            }
+
+            async fn keys_page(
+                &self,
+                after: Option<(&str, &str)>,
+                limit: u32,
+                exclude_key_id: Option<&str>,
+            ) -> $crate::Result<Vec<$crate::store::StoredKey>> {
+                let (after_user, after_provider) = after.unzip();
+                let rows = sqlx::query(concat!(
+                    "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+                    "FROM byok_keys WHERE ($1 IS NULL OR key_id <> $1) ",
+                    "AND ($2 IS NULL OR (user_id, provider) > ($2, $3)) ",
+                    "ORDER BY user_id, provider LIMIT $4"
+                ))
+                .bind(exclude_key_id)
+                .bind(after_user)
+                .bind(after_provider)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::store)?;
+                rows.iter().map(Self::stored_key).collect()
+            }
+
+            async fn reseal(
+                &self,
+                old: &$crate::store::StoredKey,
+                key_id: &str,
+                sealed: &[u8],
+                audit: &$crate::store::AuditRecord,
+            ) -> $crate::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query(concat!(
+                    "UPDATE byok_keys SET key_id = $3, sealed = $4 ",
+                    "WHERE user_id = $1 AND provider = $2 AND key_id = $5 AND sealed = $6"
+                ))
+                .bind(&old.user_id)
+                .bind(&old.provider)
+                .bind(key_id)
+                .bind(sealed)
+                .bind(&old.key_id)
+                .bind(&old.sealed)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::store)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::insert_audit(&mut tx, audit, &old.provider, $crate::store::AuditAction::Rewrap).await?;
+                tx.commit().await.map_err($crate::Error::store)?;
+                Ok(true)
+            }
+
+            async fn key_usage(&self) -> $crate::Result<Vec<(String, i64)>> {
+                sqlx::query_as("SELECT key_id, COUNT(*) FROM byok_keys GROUP BY key_id ORDER BY key_id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::Error::store)
+            }
+
+            async fn set_expiry(
+                &self,
+                user_id: &str,
+                provider: &str,
+                expires_at: Option<i64>,
+                audit: &$crate::store::AuditRecord,
+            ) -> $crate::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query("UPDATE byok_keys SET expires_at = $3 WHERE user_id = $1 AND provider = $2")
+                    .bind(user_id)
+                    .bind(provider)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::Error::store)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::insert_audit(&mut tx, audit, provider, $crate::store::AuditAction::ExpiryChange).await?;
+                tx.commit().await.map_err($crate::Error::store)?;
+                Ok(true)
+            }
+
+            async fn expired_keys(&self, now: i64, limit: u32) -> $crate::Result<Vec<(String, String)>> {
+                sqlx::query_as(concat!(
+                    "SELECT user_id, provider FROM byok_keys WHERE expires_at IS NOT NULL AND expires_at <= $1 ",
+                    "ORDER BY expires_at LIMIT $2"
+                ))
+                .bind(now)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err($crate::Error::store)
+            }
+
+            async fn delete_expired(
+                &self,
+                user_id: &str,
+                provider: &str,
+                now: i64,
+                audit: &$crate::store::AuditRecord,
+            ) -> $crate::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let done = sqlx::query(concat!(
+                    "DELETE FROM byok_keys WHERE user_id = $1 AND provider = $2 ",
+                    "AND expires_at IS NOT NULL AND expires_at <= $3"
+                ))
+                .bind(user_id)
+                .bind(provider)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::Error::store)?;
+                if done.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::insert_audit(&mut tx, audit, provider, $crate::store::AuditAction::Purge).await?;
+                tx.commit().await.map_err($crate::Error::store)?;
+                Ok(true)
             }
         }
 
