@@ -19,6 +19,8 @@ pub enum ErrorKind {
     InvalidProvider,
     /// A secret was empty, longer than 16 KiB, or rejected by a validator.
     InvalidSecret,
+    /// A key failed a provider's live check ([`crate::check::KeyCheck::check_live`]).
+    KeyRejected,
     /// An audit actor name is not 1 to 64 characters of `[A-Za-z0-9_.:@-]`.
     InvalidActor,
     /// A master keyring (its text, a key's length or encoding, its ids) is unusable.
@@ -55,6 +57,7 @@ impl ErrorKind {
             Self::InvalidProvider => "invalid provider name",
             Self::InvalidSecret => "invalid secret",
             Self::InvalidActor => "invalid audit actor",
+            Self::KeyRejected => "the key was rejected by its provider check",
             Self::InvalidKeyring => "invalid master keyring",
             Self::Decrypt => "a stored key could not be decrypted",
             Self::UnknownMasterKey => "a stored key names a master key the keyring does not hold",

@@ -133,6 +133,7 @@ struct ReadmeDoctests;
 
 mod body;
 mod cache;
+pub mod check;
 mod crypto;
 mod error;
 #[cfg(feature = "axum")]

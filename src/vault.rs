@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 use crate::cache::KeyCache;
+use crate::check::KeyCheck;
 use crate::crypto::{UserCipher, VaultSecret, CHECK_RECORD_SCOPE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
@@ -50,6 +51,7 @@ pub struct Vault {
 }
 
 pub(crate) struct Inner {
+    pub(crate) checks: HashMap<String, Box<dyn KeyCheck>>,
     pub(crate) store: Box<dyn DynStore>,
     pub(crate) keyring: Keyring,
     pub(crate) secret: VaultSecret,
@@ -59,6 +61,7 @@ pub(crate) struct Inner {
 /// Settings for opening a [`Vault`]; made by [`Vault::builder`].
 #[must_use]
 pub struct VaultBuilder<S> {
+    checks: HashMap<String, Box<dyn KeyCheck>>,
     store: S,
     keyring: Keyring,
     cache_ttl: Duration,
@@ -73,6 +76,21 @@ impl<S: KeyStore> VaultBuilder<S> {
     /// instance sharing the database may serve a key that was replaced or deleted.
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
+        self
+    }
+
+    /// Adds a check that `provider`'s keys must pass before they are stored: see
+    /// [`check`](crate::check). One check per provider; a later call replaces it.
+    ///
+    /// # Panics
+    ///
+    /// When `provider` is not a valid provider name: a programming error.
+    pub fn check(mut self, provider: &str, check: impl KeyCheck) -> Self {
+        let provider = match validate::provider(provider) {
+            Ok(p) => p.into_owned(),
+            Err(e) => panic!("VaultBuilder::check: {e}"),
+        };
+        self.checks.insert(provider, Box::new(check));
         self
     }
 
@@ -105,6 +123,7 @@ impl<S: KeyStore> VaultBuilder<S> {
         refuse_unreadable_rows(&self.store, &self.keyring).await?;
         Ok(Vault {
             inner: Arc::new(Inner {
+                checks: self.checks,
                 store: Box::new(self.store),
                 keyring: self.keyring,
                 secret,
@@ -223,6 +242,7 @@ impl Vault {
     /// ```
     pub fn builder<S: KeyStore>(store: S, keyring: Keyring) -> VaultBuilder<S> {
         VaultBuilder {
+            checks: HashMap::new(),
             store,
             keyring,
             cache_ttl: Duration::from_secs(30),
@@ -307,6 +327,14 @@ impl Vault {
         let user_id = validate::user_id(user_id)?;
         let provider = validate::provider(provider)?;
         validate::secret(secret)?;
+        if let Some(check) = self.inner.checks.get(provider.as_ref()) {
+            check.check_format(secret).map_err(|reason| {
+                Error::new(ErrorKind::InvalidSecret).with_detail(format!("{provider}: {reason}"))
+            })?;
+            check.check_live(secret).await.map_err(|reason| {
+                Error::new(ErrorKind::KeyRejected).with_detail(format!("{provider}: {reason}"))
+            })?;
+        }
         let cipher = UserCipher::new(self.inner.keyring.active(), user_id);
         let now = unix_ms(SystemTime::now());
         let row = StoredKey {

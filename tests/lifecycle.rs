@@ -21,7 +21,64 @@ per_backend!(
     expiry_can_be_extended_cleared_and_purged,
     every_change_is_audited_without_secrets_or_user_ids,
     a_failed_audit_write_undoes_the_change,
+    checks_run_before_anything_is_written,
 );
+
+async fn checks_run_before_anything_is_written(backend: Backend) {
+    use tower_byok::check;
+    let db = TestDb::new(backend).await;
+    db.open(old()).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let vault = db
+        .open_checked(old(), move |b| {
+            let seen = seen.clone();
+            b.check("openai", check::openai()).check(
+                "acme",
+                check::live(move |key: String| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if key == "acme-good-key" {
+                            Ok(())
+                        } else {
+                            Err("the provider refused the key")
+                        }
+                    }
+                }),
+            )
+        })
+        .await;
+    for (provider, key, kind) in [
+        ("openai", "sk-PLANTED bad key", ErrorKind::InvalidSecret),
+        (
+            "OpenAI",
+            "not-openai-PLANTED-0123456789",
+            ErrorKind::InvalidSecret,
+        ),
+        ("acme", "acme-PLANTED-bad", ErrorKind::KeyRejected),
+    ] {
+        let err = vault.put("u", provider, key).await.unwrap_err();
+        assert_eq!(err.kind(), kind);
+        assert!(!format!("{err} {err:?}").contains("PLANTED"), "{err}");
+    }
+    assert!(vault.list("u").await.unwrap().is_empty());
+    assert!(vault.audit_trail("u").await.unwrap().is_empty());
+    vault
+        .put("u", "openai", "sk-proj-0123456789abcdefghij")
+        .await
+        .unwrap();
+    vault.put("u", "acme", "acme-good-key").await.unwrap();
+    vault
+        .put("u", "exa", "anything goes without a check")
+        .await
+        .unwrap();
+    assert_eq!(vault.list("u").await.unwrap().len(), 3);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the live check ran once per acme put"
+    );
+}
 
 fn old() -> Keyring {
     Keyring::new(master("old", 1))

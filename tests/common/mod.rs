@@ -133,6 +133,39 @@ impl TestDb {
         }
     }
 
+    /// Opens a vault whose builder `configure` may add checks to.
+    pub async fn open_checked(
+        &self,
+        keyring: Keyring,
+        configure: impl FnOnce(Checks) -> Checks,
+    ) -> Vault {
+        let checks = configure(Checks(Vec::new()));
+        match self.backend {
+            Backend::Sqlite => {
+                let store = SqliteStore::open(&self.sqlite_path).await.unwrap();
+                checks
+                    .apply(Vault::builder(store, keyring))
+                    .open()
+                    .await
+                    .unwrap()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(self.pg.clone().unwrap())
+                    .await
+                    .unwrap();
+                let store = tower_byok::PostgresStore::from_pool(pool);
+                checks
+                    .apply(Vault::builder(store, keyring))
+                    .open()
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
     /// Runs SQL with no parameters; returns rows affected.
     pub async fn exec(&self, sql: &str) -> u64 {
         match self.backend {
@@ -259,6 +292,40 @@ impl TestDb {
     #[cfg(feature = "postgres")]
     pub fn pg_options(&self) -> sqlx::postgres::PgConnectOptions {
         self.pg.clone().unwrap()
+    }
+}
+
+/// Checks to add to a vault builder of any backend.
+pub struct Checks(Vec<(String, BoxedCheck)>);
+
+type BoxedCheck = Box<dyn tower_byok::check::KeyCheck>;
+
+/// Forwards to a boxed check, so checks can be collected before the store type is known.
+struct Forward(BoxedCheck);
+
+impl tower_byok::check::KeyCheck for Forward {
+    fn check_format(&self, key: &str) -> Result<(), &'static str> {
+        self.0.check_format(key)
+    }
+    fn check_live<'a>(&'a self, key: &'a str) -> tower_byok::check::LiveCheck<'a> {
+        self.0.check_live(key)
+    }
+}
+
+impl Checks {
+    pub fn check(mut self, provider: &str, check: impl tower_byok::check::KeyCheck) -> Self {
+        self.0.push((provider.to_owned(), Box::new(check)));
+        self
+    }
+
+    fn apply<S: tower_byok::KeyStore>(
+        self,
+        mut builder: tower_byok::VaultBuilder<S>,
+    ) -> tower_byok::VaultBuilder<S> {
+        for (provider, check) in self.0 {
+            builder = builder.check(&provider, Forward(check));
+        }
+        builder
     }
 }
 
