@@ -40,7 +40,7 @@
 //! // The dry run: what would be imported, for the operator to read. Nothing is written.
 //! let plan = import::plan(&vault, &env, LegacyFormat::dot_env("alice")).await?;
 //! assert_eq!(plan.count(KeyStatus::New), 2);
-//! assert_eq!(plan.keys()[0].masked(), "sk-p…6789");
+//! assert_eq!(plan.keys()[0].masked(), "sk…89");
 //! assert!(plan.to_string().contains("line 2 (OPENAI_API_KEY)"));
 //! assert!(vault.list("alice").await?.is_empty());
 //!

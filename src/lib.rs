@@ -36,7 +36,7 @@
 //! let keyring = Keyring::new(MasterKey::generate("k1")?);
 //! let vault = Vault::open(SqliteStore::open("keys.db").await?, keyring).await?;
 //! # let vault = Vault::open(SqliteStore::in_memory().await?, Keyring::new(MasterKey::generate("k1")?)).await?;
-//! vault.put("alice", "openai", "sk-proj-alice-0123456789").await?;
+//! vault.put("alice", "openai", "sk-proj-alice-0123456789abcdefgh").await?;
 //!
 //! let app: Router = Router::new()
 //!     .route("/chat", post(chat))
@@ -47,7 +47,7 @@
 //! # req.extensions_mut().insert(Claims { sub: "alice".into() });
 //! # let res = app.oneshot(req).await?;
 //! # let body = axum::body::to_bytes(res.into_body(), 1024).await?;
-//! # assert_eq!(&body[..], "calling OpenAI with sk-p…6789".as_bytes());
+//! # assert_eq!(&body[..], "calling OpenAI with sk-p…efgh".as_bytes());
 //! # std::fs::remove_file("keys.db").ok();
 //! # std::fs::remove_file("keys.db-wal").ok();
 //! # std::fs::remove_file("keys.db-shm").ok();

@@ -60,14 +60,14 @@ pub(crate) fn secret(secret: &str) -> Result<()> {
 
 /// The display form of a secret: at most its first and last four characters.
 ///
-/// Shorter secrets show less (a quarter of their characters at each end, rounded down,
-/// so a secret under 8 characters shows none), and surrounding whitespace is ignored so
+/// Shorter secrets show less: an eighth of their characters at each end, rounded down,
+/// so at most a quarter of a secret is ever shown and one under 8 characters shows none, and surrounding whitespace is ignored so
 /// a JSON credential does not show its braces and newlines.
 pub(crate) fn mask(secret: &str) -> String {
     // Slices of the secret itself: no copy of it is left behind in memory.
     let secret = secret.trim();
     let len = secret.chars().count();
-    let shown = (len / 4).min(4);
+    let shown = (len / 8).min(4);
     let head_end = secret
         .char_indices()
         .nth(shown)
@@ -132,11 +132,12 @@ mod tests {
 
     #[test]
     fn masks_show_at_most_four_and_four() {
-        assert_eq!(mask("sk-proj-abcdefghijklmnop1234"), "sk-p…1234");
-        assert_eq!(mask("abcdefghij"), "ab…ij");
-        assert_eq!(mask("abcdefg"), "a…g");
+        assert_eq!(mask("sk-proj-abcdefghijklmnop1234abcd"), "sk-p…abcd");
+        assert_eq!(mask("sk-proj-abcdefghijklmnop1234"), "sk-…234");
+        assert_eq!(mask("abcdefghij"), "a…j");
+        assert_eq!(mask("abcdefg"), "…");
         assert_eq!(mask("abc"), "…");
         assert_eq!(mask("{\n \"type\": \"service_account\"\n}\n"), "…");
-        assert_eq!(mask("ключ-секрет-длинный"), "ключ…нный");
+        assert_eq!(mask("ключ-секрет-длинный"), "кл…ый");
     }
 }

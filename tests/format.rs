@@ -139,7 +139,7 @@ fn user_ref(vault_secret: &[u8; 32], user_id: &str) -> String {
 /// The `hint` rule of FORMAT.md.
 fn mask(secret: &str) -> String {
     let chars: Vec<char> = secret.trim().chars().collect();
-    let n = (chars.len() / 4).min(4);
+    let n = (chars.len() / 8).min(4);
     let head = &chars[..n];
     let tail = &chars[chars.len() - n..];
     let mut out = String::new();
@@ -314,7 +314,7 @@ async fn a_stored_row_opens_with_only_the_document() {
     assert_eq!(fp.len(), 8);
     assert_eq!(fp, vault.fingerprint(secret), "the public API agrees");
     assert_eq!(hint, mask(secret));
-    assert_eq!(hint, "sk-p\u{2026}6789");
+    assert_eq!(hint, "sk-\u{2026}789");
     assert!((before..=after).contains(&created_at), "Unix milliseconds");
     assert_eq!(updated_at, created_at);
     assert_eq!(expires_at, None);
@@ -379,13 +379,14 @@ async fn a_stored_row_opens_with_only_the_document() {
     }
     // The examples of the document's hint table.
     for (secret, hint) in [
-        ("sk-proj-FORMAT-test-0123456789", "sk-p…6789"),
-        ("abcdefghij", "ab…ij"),
-        ("abcdefg", "a…g"),
+        ("sk-proj-FORMAT-test-0123456789", "sk-…789"),
+        ("sk-proj-FORMAT-test-0123456789abc", "sk-p…9abc"),
+        ("abcdefghij", "a…j"),
+        ("abcdefg", "…"),
         ("abc", "…"),
-        ("ключ-секрет-длинный", "ключ…нный"),
+        ("ключ-секрет-длинный", "кл…ый"),
         ("{\n \"type\": \"service_account\"\n}\n", "…"),
-        ("\u{1b}[31mredsecretvalue", "…alue"),
+        ("\u{1b}[31mredsecretvalue", "…ue"),
     ] {
         assert_eq!(mask(secret), hint, "{secret:?}");
     }
@@ -599,6 +600,6 @@ async fn the_documented_test_vectors_hold_both_ways() {
     assert_eq!(vault.fingerprint(VEC_PLAINTEXT), VEC_FINGERPRINT);
     assert_eq!(vault.user_ref("alice"), VEC_USER_REF);
     let listed = vault.list("alice").await.expect("list");
-    assert_eq!(listed[0].masked, "sk-p\u{2026}6789");
+    assert_eq!(listed[0].masked, "sk-\u{2026}789");
     assert_eq!(listed[0].fingerprint, VEC_FINGERPRINT);
 }
