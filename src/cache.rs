@@ -259,15 +259,6 @@ impl KeyCache {
         result
     }
 
-    /// A guard that invalidates `user_id` when dropped: after a write returns, fails, or
-    /// is cancelled mid-commit (a dropped future whose commit still reached the database).
-    pub(crate) fn invalidate_on_drop<'a>(&'a self, user_id: &'a str) -> InvalidateOnDrop<'a> {
-        InvalidateOnDrop {
-            cache: self,
-            user_id,
-        }
-    }
-
     /// Forgets a user's keys at once, and makes any load of that user already under way
     /// neither cache its result nor be joined by later requests.
     pub(crate) fn invalidate(&self, user_id: &str) {
@@ -277,17 +268,6 @@ impl KeyCache {
         shared.flights.remove(user_id);
         self.index.remove(user_id);
         self.policy.invalidate(user_id);
-    }
-}
-
-pub(crate) struct InvalidateOnDrop<'a> {
-    cache: &'a KeyCache,
-    user_id: &'a str,
-}
-
-impl Drop for InvalidateOnDrop<'_> {
-    fn drop(&mut self) {
-        self.cache.invalidate(self.user_id);
     }
 }
 

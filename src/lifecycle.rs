@@ -186,12 +186,14 @@ impl Vault {
                             &secret,
                         );
                         let audit = self.audit(&row.user_id, unix_ms(SystemTime::now()));
-                        if self
-                            .inner
-                            .store
-                            .reseal(row, active.id(), &sealed, &audit)
-                            .await?
-                        {
+                        let (row, key_id) = (row.clone(), active.id().to_owned());
+                        // The plaintext is unchanged, so no cache entry needs forgetting.
+                        let resealed = self
+                            .detached_write(None, move |inner| async move {
+                                inner.store.reseal(&row, &key_id, &sealed, &audit).await
+                            })
+                            .await?;
+                        if resealed {
                             report.resealed += 1;
                         } else {
                             report.changed_meanwhile += 1;
@@ -310,11 +312,14 @@ impl Vault {
         let user_id = validate::user_id(user_id)?;
         let provider = validate::provider(provider)?;
         let audit = self.audit(user_id, unix_ms(SystemTime::now()));
-        let _invalidate = self.inner.cache.invalidate_on_drop(user_id);
-        self.inner
-            .store
-            .set_expiry(user_id, &provider, expires_at.map(unix_ms), &audit)
-            .await
+        let (user, provider) = (user_id.to_owned(), provider.into_owned());
+        self.detached_write(Some(user_id), move |inner| async move {
+            inner
+                .store
+                .set_expiry(&user, &provider, expires_at.map(unix_ms), &audit)
+                .await
+        })
+        .await
     }
 
     /// Deletes every key whose expiry has passed, auditing each as
@@ -335,13 +340,16 @@ impl Vault {
             let mut progressed = false;
             for (user_id, provider) in &expired {
                 let audit = self.audit(user_id, now);
-                let _invalidate = self.inner.cache.invalidate_on_drop(user_id);
-                if self
-                    .inner
-                    .store
-                    .delete_expired(user_id, provider, now, &audit)
-                    .await?
-                {
+                let (user, provider) = (user_id.clone(), provider.clone());
+                let deleted = self
+                    .detached_write(Some(user_id), move |inner| async move {
+                        inner
+                            .store
+                            .delete_expired(&user, &provider, now, &audit)
+                            .await
+                    })
+                    .await?;
+                if deleted {
                     purged += 1;
                     progressed = true;
                 }

@@ -32,12 +32,12 @@ pub const DEFAULT_ACTOR: &str = "app";
 /// let keyring = Keyring::new(MasterKey::generate("k1")?); // production: Keyring::from_env
 /// let vault = Vault::open(SqliteStore::in_memory().await?, keyring).await?;
 ///
-/// vault.put("alice", "OpenAI", "sk-proj-alice-0123456789").await?;
+/// vault.put("alice", "OpenAI", "sk-proj-alice-0123456789abcdefgh").await?;
 /// let key = vault.get("alice", "openai").await?.expect("alice has an openai key");
-/// assert_eq!(key.expose_secret(), "sk-proj-alice-0123456789");
+/// assert_eq!(key.expose_secret(), "sk-proj-alice-0123456789abcdefgh");
 ///
 /// // Listing shows masked forms only; other users see nothing of alice's.
-/// assert_eq!(vault.list("alice").await?[0].masked, "sk-p…6789");
+/// assert_eq!(vault.list("alice").await?[0].masked, "sk-p…efgh");
 /// assert!(vault.get_all("bob").await?.is_empty());
 ///
 /// vault.delete("alice", "openai").await?;
@@ -349,12 +349,50 @@ impl Vault {
             expires_at: expires_at.map(unix_ms),
         };
         let audit = self.audit(user_id, now);
-        let action = {
-            let _invalidate = self.inner.cache.invalidate_on_drop(user_id);
-            self.inner.store.upsert(&row, &audit).await?
-        };
-        tracing::debug!(user_ref = %audit.user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
+        let user_ref = audit.user_ref.clone();
+        let action = self
+            .detached_write(Some(user_id), move |inner| async move {
+                inner.store.upsert(&row, &audit).await
+            })
+            .await?;
+        tracing::debug!(user_ref = %user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
         Ok(action)
+    }
+
+    /// Runs a write to its end in a task of its own, then forgets `user_id`'s cached
+    /// keys, whatever the outcome.
+    ///
+    /// A request whose client disconnects is dropped at its next `.await`; a write
+    /// dropped inside its transaction can leave a pooled connection in that transaction
+    /// (for SQLite, holding the write lock), and a cache invalidated before a commit that
+    /// still lands could be refilled with the old keys. In its own task, the write
+    /// commits or rolls back, and the invalidation comes after it, even if no one waits.
+    pub(crate) async fn detached_write<T, F, Fut>(
+        &self,
+        user_id: Option<&str>,
+        write: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let user = user_id.map(str::to_owned);
+        let write = write(self.inner.clone());
+        tokio::spawn(async move {
+            let result = write.await;
+            if let Some(user) = user {
+                inner.cache.invalidate(&user);
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Store)
+                .with_detail("a write task failed")
+                .with_source(e)
+        })?
     }
 
     pub(crate) fn audit(&self, user_id: &str, at: i64) -> AuditRecord {
@@ -468,11 +506,14 @@ impl Vault {
 
     async fn remove(&self, user_id: &str, provider: Option<&str>) -> Result<Vec<String>> {
         let audit = self.audit(user_id, unix_ms(SystemTime::now()));
-        let deleted = {
-            let _invalidate = self.inner.cache.invalidate_on_drop(user_id);
-            self.inner.store.delete(user_id, provider, &audit).await?
-        };
-        tracing::debug!(user_ref = %audit.user_ref, deleted = deleted.len(), "deleted provider keys");
+        let user_ref = audit.user_ref.clone();
+        let (user, provider) = (user_id.to_owned(), provider.map(str::to_owned));
+        let deleted = self
+            .detached_write(Some(user_id), move |inner| async move {
+                inner.store.delete(&user, provider.as_deref(), &audit).await
+            })
+            .await?;
+        tracing::debug!(user_ref = %user_ref, deleted = deleted.len(), "deleted provider keys");
         Ok(deleted)
     }
 

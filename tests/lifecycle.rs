@@ -224,7 +224,13 @@ async fn a_rewrap_killed_midway_continues_when_run_again(backend: Backend) {
 
     // Run again: it picks up the rest, and every key opens, none lost or changed.
     let report = vault.rewrap(20, |_| {}).await.unwrap();
-    assert_eq!(report.resealed, under_old);
+    // The one re-seal in flight when the task was killed still completes on its own
+    // (writes run to their end), so the rerun finds the rest, or one row fewer.
+    assert!(
+        report.resealed == under_old || report.resealed + 1 == under_old,
+        "resealed {} of the {under_old} left",
+        report.resealed
+    );
     assert!(report.failed.is_empty());
     let verify = vault.verify(|_| {}).await.unwrap();
     assert!(verify.is_ok(), "{verify}");

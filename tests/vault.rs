@@ -26,7 +26,53 @@ per_backend!(
     deletes_are_scoped_and_audited,
     lookups_work_whatever_the_database_collation,
     instances_opening_a_new_database_together_agree,
+    abandoned_writes_neither_wedge_the_store_nor_stale_the_cache,
 );
+
+async fn abandoned_writes_neither_wedge_the_store_nor_stale_the_cache(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("u", "openai", "sk-0").await.unwrap();
+    // Clients that disconnect: each write's future is dropped at some point of its way.
+    for i in 0..120u64 {
+        let writer = vault.clone();
+        let task = tokio::spawn(async move {
+            if i % 3 == 0 {
+                writer.delete("u", "exa").await
+            } else {
+                writer
+                    .put(
+                        "u",
+                        if i % 2 == 0 { "openai" } else { "exa" },
+                        &format!("sk-{i}"),
+                    )
+                    .await
+                    .map(|_| true)
+            }
+        });
+        tokio::time::sleep(Duration::from_micros(150 * (i % 17))).await;
+        task.abort();
+        let _ = vault.keys_for("u").await;
+    }
+    // The store still takes writes at once, and the cache agrees with the database.
+    let done = tokio::time::timeout(
+        Duration::from_secs(5),
+        vault.put("u", "gemini", "gem-final"),
+    )
+    .await;
+    done.expect("a write after abandoned ones must not wait on a stuck transaction")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        as_map(&vault.keys_for("u").await.unwrap()),
+        as_map(&vault.get_all("u").await.unwrap())
+    );
+    let fresh = db.open(keyring()).await.unwrap();
+    assert_eq!(
+        as_map(&vault.keys_for("u").await.unwrap()),
+        as_map(&fresh.get_all("u").await.unwrap())
+    );
+}
 
 async fn instances_opening_a_new_database_together_agree(backend: Backend) {
     for _ in 0..8 {
