@@ -16,6 +16,12 @@ use crate::vault::Vault;
 /// The middleware made by [`ByokLayer`](crate::ByokLayer).
 pub struct Byok<S, R> {
     inner: S,
+    /// Everything but the inner service, behind one `Arc`: axum clones the service for
+    /// every request, and one reference count is cheaper than four.
+    shared: Arc<Shared<R>>,
+}
+
+struct Shared<R> {
     vault: Vault,
     resolver: R,
     config: Arc<Config>,
@@ -25,20 +31,20 @@ impl<S, R> Byok<S, R> {
     pub(crate) fn new(inner: S, vault: Vault, resolver: R, config: Arc<Config>) -> Self {
         Self {
             inner,
-            vault,
-            resolver,
-            config,
+            shared: Arc::new(Shared {
+                vault,
+                resolver,
+                config,
+            }),
         }
     }
 }
 
-impl<S: Clone, R: Clone> Clone for Byok<S, R> {
+impl<S: Clone, R> Clone for Byok<S, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            vault: self.vault.clone(),
-            resolver: self.resolver.clone(),
-            config: self.config.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -47,7 +53,7 @@ impl<S: fmt::Debug, R: fmt::Debug> fmt::Debug for Byok<S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Byok")
             .field("inner", &self.inner)
-            .field("resolver", &self.resolver)
+            .field("resolver", &self.shared.resolver)
             .finish_non_exhaustive()
     }
 }
@@ -71,12 +77,13 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
-        let user = self
+        let shared = &*self.shared;
+        let user = shared
             .resolver
             .resolve(&request)
             .filter(|id| crate::validate::user_id(id).is_ok());
         let Some(user) = user else {
-            if self.config.require_user {
+            if shared.config.require_user {
                 return ResponseFuture::reject(Rejection::NoUser);
             }
             request.extensions_mut().insert(NoUser);
@@ -85,18 +92,18 @@ where
 
         // The fast lane: a synchronous cache lookup and an extension insert, no boxed
         // future and no database.
-        if let Some(keys) = self.vault.cache_hit(&user) {
+        if let Some(keys) = shared.vault.cache_hit(&user) {
             drop(user);
-            return match prepare(&mut request, keys, &self.config) {
+            return match prepare(&mut request, keys, &shared.config) {
                 Ok(()) => ResponseFuture::inner(inner.call(request)),
                 Err(rejection) => ResponseFuture::reject(rejection),
             };
         }
 
         let user = user.into_owned();
-        let vault = self.vault.clone();
+        let vault = shared.vault.clone();
         let load = Box::pin(async move { vault.cached(&user).await });
-        ResponseFuture::load(load, inner, request, self.config.clone())
+        ResponseFuture::load(load, inner, request, shared.config.clone())
     }
 }
 
