@@ -56,7 +56,7 @@ pub trait KeyCheck: Send + Sync + 'static {
     }
 }
 
-/// A format check from a closure. Made by [`format`].
+/// A format check from a closure. Made by [`format()`].
 #[derive(Clone, Debug)]
 pub struct FormatFn<F>(F);
 
@@ -77,7 +77,7 @@ where
     FormatFn(f)
 }
 
-/// A live check from an async closure. Made by [`live`].
+/// A live check from an async closure. Made by [`live()`].
 #[derive(Clone, Debug)]
 pub struct LiveFn<F>(F);
 

@@ -1,0 +1,297 @@
+//! The command line: options, subcommands, and usage errors that repeat no value.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+/// Admin tool for a tower-byok vault: users' "bring your own key" provider keys, sealed
+/// in SQLite or PostgreSQL.
+///
+/// Secrets are read from standard input or a hidden prompt, never from arguments, and
+/// never printed: listings show masked forms only.
+#[derive(Debug, Parser)]
+#[command(name = "tower-byok", version, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// The database: `sqlite://PATH?mode=rwc` (creates the file), `sqlite:PATH`, or
+    /// `postgres://USER@HOST/DB`.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "BYOK_DATABASE_URL",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) database: Option<String>,
+
+    /// A file holding the master keyring (`ID:BASE64` lines, the active key first).
+    /// Without it, the keyring text is read from the environment variable
+    /// BYOK_MASTER_KEYS.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
+    pub(crate) keyring_file: Option<PathBuf>,
+
+    /// Who makes the changes, as recorded in the audit trail.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        default_value = "cli",
+        help_heading = "Global options"
+    )]
+    pub(crate) actor: String,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Generate a master key and write it as a new keyring file (mode 0600).
+    ///
+    /// The key is printed only with `--out -`.
+    Keygen {
+        /// The key's id, stored beside every secret sealed under it.
+        #[arg(long, default_value = "k1")]
+        id: String,
+        /// Where to write the keyring: a new file (never overwritten), or `-` for
+        /// standard output.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+
+    /// Start a master-key rotation: write a new keyring, a fresh key first.
+    ///
+    /// The current keys follow the new one, so every stored key still opens. Prints
+    /// the next steps: deploy, rewrap, verify, retire.
+    Rotate {
+        /// The new key's id.
+        #[arg(long, value_name = "NEW_ID")]
+        id: String,
+        /// Where to write the new keyring: a new file (never overwritten), or `-` for
+        /// standard output.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+
+    /// Store a user's key for a provider, replacing any earlier one.
+    ///
+    /// The secret is read from standard input when it is piped (one trailing newline
+    /// is dropped), or typed at a prompt that does not echo. It is never an argument.
+    Put {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The provider, e.g. `openai`.
+        #[arg(long)]
+        provider: String,
+        /// Stop serving the key after this long: `30m`, `1h`, `2d`, `1w`, ...
+        #[arg(long, value_name = "DURATION", value_parser = crate::time::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+
+    /// List a user's keys, masked.
+    List {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+    },
+
+    /// Delete one key of a user, or all of them.
+    #[command(group(ArgGroup::new("which").required(true).args(["provider", "all"])))]
+    Delete {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The provider whose key to delete.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Delete every key of the user.
+        #[arg(long)]
+        all: bool,
+    },
+
+    /// Set when a key stops being served, or clear its expiry.
+    #[command(group(ArgGroup::new("when").required(true).args(["in_", "never"])))]
+    Expire {
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The provider.
+        #[arg(long)]
+        provider: String,
+        /// Expire this long from now (`0s` expires it at once).
+        #[arg(long = "in", id = "in_", value_name = "DURATION", value_parser = crate::time::parse_duration)]
+        in_: Option<std::time::Duration>,
+        /// Never expire.
+        #[arg(long)]
+        never: bool,
+    },
+
+    /// Re-seal every key under the active master key (after a rotation), then verify.
+    ///
+    /// Safe while the application serves traffic, and resumable: run it again after an
+    /// interruption. Exits non-zero if any key fails to open.
+    Rewrap {
+        /// Keys per batch.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch: u32,
+    },
+
+    /// Open every stored key and report those that fail; changes nothing.
+    ///
+    /// Exits non-zero if any key fails to open.
+    Verify,
+
+    /// How many stored keys each master key seals.
+    Usage,
+
+    /// Retire a master key no stored key needs any more (after a rewrap).
+    ///
+    /// Then remove it from the keyring; `--out` writes the keyring without it.
+    Retire {
+        /// The master key id to retire.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        /// Also write the keyring without the retired key: a new file (never
+        /// overwritten), or `-` for standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+
+    /// Delete every key whose expiry has passed.
+    PurgeExpired,
+
+    /// Show the audit trail: who changed which key, and when.
+    ///
+    /// Users appear as keyed hashes, never by id.
+    Audit {
+        /// Only this user's records.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only records at or after this time: RFC 3339 (`2026-11-22T10:00:00Z`), a
+        /// date (`2026-11-22`), or Unix seconds.
+        #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+        since: Option<std::time::SystemTime>,
+        /// Only records before this time (same forms as `--since`).
+        #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
+        until: Option<std::time::SystemTime>,
+    },
+
+    /// Import keys from a legacy file: a dry run unless `--apply` is given.
+    Import {
+        #[command(subcommand)]
+        format: ImportFormat,
+    },
+}
+
+/// The legacy file formats.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImportFormat {
+    /// A `.env` file of one user: `OPENAI_API_KEY=...` and other `*_API_KEY` variables.
+    Env {
+        /// The user the keys belong to.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        opts: ImportOpts,
+    },
+    /// A users JSON file with per-user `api_keys` maps.
+    UsersJson {
+        #[command(flatten)]
+        opts: ImportOpts,
+    },
+    /// An onboarding progress JSON file (`steps[].data.api_keys`), which names no user.
+    Onboarding {
+        /// The user the keys belong to.
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        opts: ImportOpts,
+    },
+}
+
+/// What every import takes.
+#[derive(Debug, Args)]
+pub(crate) struct ImportOpts {
+    /// The file to import.
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    /// Write the keys (without it, only show what would be imported).
+    #[arg(long)]
+    pub(crate) apply: bool,
+    /// Replace a user's stored key when the file holds a different one.
+    #[arg(long, requires = "apply")]
+    pub(crate) replace_different: bool,
+    /// Remove the file after a verified import (it is first copied to
+    /// `FILE.bak-<unix-seconds>`, mode 0600).
+    #[arg(long, requires = "apply")]
+    pub(crate) remove_source: bool,
+}
+
+/// Reports a command line that does not parse, and returns exit code 2 (0 for `--help`
+/// and `--version`).
+///
+/// clap's own messages quote what was typed (`unexpected argument 'sk-...' found`); a
+/// secret given as an argument by mistake would be printed back. So a message that
+/// could quote input is replaced by one that names the problem and the argument only.
+pub(crate) fn usage_error(err: &clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+    let quotes_input = !matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            | ErrorKind::MissingRequiredArgument
+            | ErrorKind::MissingSubcommand
+            | ErrorKind::ArgumentConflict
+    );
+    if !quotes_input {
+        // Names of arguments and the usage only.
+        let _ = err.print();
+        return ExitCode::from(u8::try_from(err.exit_code()).unwrap_or(2));
+    }
+    let what = match err.kind() {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => "invalid value",
+        kind => kind.as_str().unwrap_or("invalid command line"),
+    };
+    // The argument's name, for errors about an argument's value; an unknown argument or
+    // subcommand is itself the input, so it is never named.
+    let arg = match (err.kind(), err.get(ContextKind::InvalidArg)) {
+        (ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand, _) => None,
+        (_, Some(ContextValue::String(name))) => Some(name.clone()),
+        _ => None,
+    };
+    // This tool's value parsers explain what they expect without quoting the value.
+    let why = match err.kind() {
+        ErrorKind::ValueValidation => std::error::Error::source(err).map(|e| format!(": {e}")),
+        _ => None,
+    }
+    .unwrap_or_default();
+    match arg {
+        Some(arg) => eprintln!("error: {what} for '{arg}'{why}"),
+        None => eprintln!("error: {what}{why}"),
+    }
+    if matches!(
+        err.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand
+    ) {
+        eprintln!(
+            "  (what was typed is not repeated here. Secrets are never taken as arguments: \
+             pipe them to standard input or type them at the prompt.)"
+        );
+    }
+    let rendered = err.render().to_string();
+    if let Some(usage) = rendered.lines().find(|l| l.starts_with("Usage:")) {
+        eprintln!("\n{usage}");
+    }
+    eprintln!("\nFor more information, try '--help'.");
+    ExitCode::from(2)
+}
