@@ -52,7 +52,10 @@ fn hit_path(c: &mut Criterion) {
         .expect("runtime");
     let vault = rt.block_on(async {
         let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
-        let vault = Vault::open(SqliteStore::in_memory().await.expect("store"), keyring)
+        // A TTL longer than the whole run: every `byok_hit` request must be a hit.
+        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
+            .cache_ttl(std::time::Duration::from_secs(3600))
+            .open()
             .await
             .expect("vault");
         for (provider, secret) in [

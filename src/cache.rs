@@ -215,6 +215,12 @@ impl KeyCache {
             match shared.flights.get_key_value(user_id) {
                 Some((key, flight)) => (key.clone(), flight.clone()),
                 None => {
+                    // Look again under the lock: a load inserts under it and only then
+                    // leaves the map, so a miss that raced a finishing load sees its
+                    // entry here instead of starting a second load.
+                    if let Some(keys) = self.get(user_id) {
+                        return Ok(keys);
+                    }
                     let key: Arc<str> = Arc::from(user_id);
                     let flight = Arc::new(Flight {
                         result: OnceCell::new(),

@@ -27,7 +27,37 @@ per_backend!(
     lookups_work_whatever_the_database_collation,
     instances_opening_a_new_database_together_agree,
     abandoned_writes_neither_wedge_the_store_nor_stale_the_cache,
+    concurrent_cold_misses_make_one_load_every_time,
 );
+
+async fn concurrent_cold_misses_make_one_load_every_time(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (vault, probe) = db.open_probed(keyring(), common::Opts::default()).await;
+    vault.put("cold", "openai", "sk-cold").await.unwrap();
+    // Unlike the layer test, nothing holds the load back: requests keep arriving while
+    // it finishes, which is where a second load could slip in.
+    let mut extra = 0;
+    for round in 0..400 {
+        vault.forget_cached("cold");
+        let before = probe.loads();
+        let tasks: Vec<_> = (0..500)
+            .map(|_| {
+                let vault = vault.clone();
+                tokio::spawn(async move { vault.keys_for("cold").await.unwrap().len() })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), 1);
+        }
+        let loads = probe.loads() - before;
+        assert!(loads >= 1, "round {round}");
+        extra += loads - 1;
+    }
+    assert_eq!(
+        extra, 0,
+        "extra database loads over 400 rounds of 500 concurrent cold misses"
+    );
+}
 
 async fn abandoned_writes_neither_wedge_the_store_nor_stale_the_cache(backend: Backend) {
     let db = TestDb::new(backend).await;
