@@ -7,7 +7,7 @@
 //! - `naive_moka_layer`: a hand-written layer doing what a first attempt would: a moka
 //!   lookup of the user's `Arc` per request, then the insert;
 //! - `byok_no_user`: tower-byok on a request with no user (the same request with its
-//!   user header renamed), beside `bare`.
+//!   user header renamed), beside `bare_no_user`: the bare service on that request.
 //!
 //! Run: `cargo bench --bench hit_path`. On a hit every future is ready at once, so each
 //! request is polled once with a no-op waker: no runtime in the timed loop.
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use http::{Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_byok::resolve::FromHeader;
 use tower_byok::{ByokLayer, Keyring, MasterKey, SqliteStore, Vault};
@@ -36,12 +36,15 @@ fn ready_now<F: Future>(future: F) -> F::Output {
     }
 }
 
-fn request(user: Option<&'static str>) -> Request<()> {
+/// A request with one pre-parsed header: the user's, or another one, so both variants
+/// cost the same to build.
+fn request(user: bool) -> Request<()> {
+    const USER: HeaderName = HeaderName::from_static("x-user");
+    const OTHER: HeaderName = HeaderName::from_static("x-other");
     let mut req = Request::new(());
-    if let Some(user) = user {
-        req.headers_mut()
-            .insert("x-user", http::HeaderValue::from_static(user));
-    }
+    let name = if user { USER } else { OTHER };
+    req.headers_mut()
+        .insert(name, HeaderValue::from_static("bench-user"));
     req
 }
 
@@ -75,8 +78,11 @@ fn hit_path(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("hit_path");
     let mut bare = inner;
+    group.bench_function("bare_no_user", |b| {
+        b.iter(|| ready_now(bare.call(black_box(request(false)))))
+    });
     group.bench_function("bare", |b| {
-        b.iter(|| ready_now(bare.call(black_box(request(Some("bench-user"))))))
+        b.iter(|| ready_now(bare.call(black_box(request(true)))))
     });
 
     let prebuilt = Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]);
@@ -87,7 +93,7 @@ fn hit_path(c: &mut Criterion) {
         })
         .service(inner);
     group.bench_function("prebuilt_arc_floor", |b| {
-        b.iter(|| ready_now(floor.call(black_box(request(Some("bench-user"))))))
+        b.iter(|| ready_now(floor.call(black_box(request(true)))))
     });
 
     let moka: moka::sync::Cache<String, Arc<Vec<(&str, &str)>>> = moka::sync::Cache::builder()
@@ -112,17 +118,17 @@ fn hit_path(c: &mut Criterion) {
         })
         .service(inner);
     group.bench_function("naive_moka_layer", |b| {
-        b.iter(|| ready_now(naive.call(black_box(request(Some("bench-user"))))))
+        b.iter(|| ready_now(naive.call(black_box(request(true)))))
     });
 
     let mut byok = ServiceBuilder::new()
         .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
         .service(inner);
     group.bench_function("byok_hit", |b| {
-        b.iter(|| ready_now(byok.call(black_box(request(Some("bench-user"))))))
+        b.iter(|| ready_now(byok.call(black_box(request(true)))))
     });
     group.bench_function("byok_no_user", |b| {
-        b.iter(|| ready_now(byok.call(black_box(request(None)))))
+        b.iter(|| ready_now(byok.call(black_box(request(false)))))
     });
     group.finish();
 }

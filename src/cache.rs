@@ -31,7 +31,7 @@ const STRIPES: usize = 64;
 /// Shards of the hit index: enough that two cores rarely share a lock's cache line.
 const SHARDS: usize = 32;
 /// One hit in this many is also recorded by moka.
-const SAMPLE: u32 = 16;
+const SAMPLE: u32 = 64;
 
 #[derive(Clone)]
 struct Entry {
@@ -46,14 +46,22 @@ type Shard = RwLock<HashMap<Arc<str>, Entry, Hasher>>;
 struct Index {
     shards: Box<[Shard]>,
     hasher: Hasher,
+    /// Past this many entries, an insert first sweeps expired ones from its shard, so
+    /// the index stays bounded even where moka's evictions lag.
+    shard_soft_cap: usize,
 }
 
 impl Index {
-    fn new(hasher: Hasher) -> Self {
+    fn new(hasher: Hasher, capacity: u64) -> Self {
         let shards = (0..SHARDS)
             .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
             .collect();
-        Self { shards, hasher }
+        let per_shard = usize::try_from(capacity / SHARDS as u64).unwrap_or(usize::MAX);
+        Self {
+            shards,
+            hasher,
+            shard_soft_cap: per_shard.saturating_add(per_shard / 4).max(16),
+        }
     }
 
     fn shard(&self, user_id: &str) -> &Shard {
@@ -74,6 +82,10 @@ impl Index {
             .shard(&user_id)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.shard_soft_cap {
+            let now = Instant::now();
+            shard.retain(|_, e| e.deadline > now);
+        }
         shard.insert(user_id, entry);
     }
 
@@ -123,7 +135,7 @@ pub(crate) struct KeyCache {
 impl KeyCache {
     pub(crate) fn new(ttl: Duration, capacity: u64, load_timeout: Duration) -> Self {
         let hasher = Hasher::default();
-        let index = Arc::new(Index::new(hasher.clone()));
+        let index = Arc::new(Index::new(hasher.clone(), capacity));
         let evicted = index.clone();
         let policy = moka::sync::Cache::builder()
             .time_to_live(ttl)
@@ -190,7 +202,14 @@ impl KeyCache {
                 deadline,
             },
         );
-        self.policy.insert(user_id, keys.clone());
+        // moka does its housekeeping inline in `insert`: tens of microseconds right after
+        // an invalidation, on a path that otherwise waits only on the database. Nothing
+        // served depends on it (hits read the index, whose deadlines are checked on every
+        // hit, and evictions only remove the very entry they name), so the request does
+        // not wait for it.
+        let policy = self.policy.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move { policy.insert(user_id, keys) });
     }
 
     /// The keys of a user from the cache, or from `load` with concurrent misses for the
@@ -293,5 +312,44 @@ impl Drop for LeaveFlight<'_> {
         {
             shared.flights.remove(self.user_id);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn total(cache: &KeyCache) -> usize {
+        cache
+            .index
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap().len())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_index_stays_bounded_as_users_come_and_go() {
+        // 320 users of capacity, a 1 ms TTL, and 5,000 distinct users passing through.
+        let cache = KeyCache::new(Duration::from_millis(1), 320, Duration::from_secs(1));
+        let shared = cache.lock();
+        for batch in 0..50 {
+            for i in 0..100 {
+                cache.insert(Arc::from(format!("user-{batch}-{i}")), &UserKeys::default());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(shared);
+        let bound = SHARDS * cache.index.shard_soft_cap + 100;
+        assert!(
+            total(&cache) <= bound,
+            "{} entries, bound {bound}",
+            total(&cache)
+        );
+        assert!(
+            cache.get("user-0-0").is_none(),
+            "expired entries are never served"
+        );
     }
 }
