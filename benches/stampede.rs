@@ -8,122 +8,14 @@
 // `criterion_group!` expands to an undocumented `pub fn`.
 #![allow(missing_docs)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tower_byok::store::StoredKey;
-use tower_byok::{AuditAction, AuditRecord, KeyStore, Keyring, MasterKey, SqliteStore, Vault};
+use tower_byok::{Keyring, MasterKey, Vault};
 
-/// A real SQLite store that counts user loads.
-struct Counting {
-    inner: SqliteStore,
-    loads: Arc<AtomicUsize>,
-}
-
-impl KeyStore for Counting {
-    async fn migrate(&self) -> tower_byok::Result<()> {
-        self.inner.migrate().await
-    }
-    async fn fetch_user(&self, user_id: &str) -> tower_byok::Result<Vec<StoredKey>> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
-        self.inner.fetch_user(user_id).await
-    }
-    async fn fetch_key(
-        &self,
-        user_id: &str,
-        provider: &str,
-    ) -> tower_byok::Result<Option<StoredKey>> {
-        self.inner.fetch_key(user_id, provider).await
-    }
-    async fn upsert(
-        &self,
-        row: &StoredKey,
-        audit: &AuditRecord,
-    ) -> tower_byok::Result<AuditAction> {
-        self.inner.upsert(row, audit).await
-    }
-    async fn delete(
-        &self,
-        user_id: &str,
-        provider: Option<&str>,
-        audit: &AuditRecord,
-    ) -> tower_byok::Result<Vec<String>> {
-        self.inner.delete(user_id, provider, audit).await
-    }
-    async fn check_records(&self) -> tower_byok::Result<Vec<(String, Vec<u8>)>> {
-        self.inner.check_records().await
-    }
-    async fn add_check_records(
-        &self,
-        records: &[(&str, Vec<u8>)],
-        at: i64,
-        only_if_none: bool,
-    ) -> tower_byok::Result<usize> {
-        self.inner
-            .add_check_records(records, at, only_if_none)
-            .await
-    }
-    async fn remove_check_record(&self, key_id: &str) -> tower_byok::Result<bool> {
-        self.inner.remove_check_record(key_id).await
-    }
-    async fn audit_trail(
-        &self,
-        query: &tower_byok::AuditQuery,
-    ) -> tower_byok::Result<Vec<tower_byok::AuditRecord>> {
-        self.inner.audit_trail(query).await
-    }
-    async fn keys_page(
-        &self,
-        after: Option<(&str, &str)>,
-        limit: u32,
-        exclude_key_id: Option<&str>,
-    ) -> tower_byok::Result<Vec<tower_byok::store::StoredKey>> {
-        self.inner.keys_page(after, limit, exclude_key_id).await
-    }
-    async fn reseal(
-        &self,
-        old: &tower_byok::store::StoredKey,
-        key_id: &str,
-        sealed: &[u8],
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<bool> {
-        self.inner.reseal(old, key_id, sealed, audit).await
-    }
-    async fn key_usage(&self) -> tower_byok::Result<Vec<(String, i64)>> {
-        self.inner.key_usage().await
-    }
-    async fn set_expiry(
-        &self,
-        user_id: &str,
-        provider: &str,
-        expires_at: Option<i64>,
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<bool> {
-        self.inner
-            .set_expiry(user_id, provider, expires_at, audit)
-            .await
-    }
-    async fn expired_keys(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> tower_byok::Result<Vec<(String, String)>> {
-        self.inner.expired_keys(now, limit).await
-    }
-    async fn delete_expired(
-        &self,
-        user_id: &str,
-        provider: &str,
-        now: i64,
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<bool> {
-        self.inner
-            .delete_expired(user_id, provider, now, audit)
-            .await
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Backend, Opts, TestDb};
 
 async fn thousand(vault: &Vault) {
     let tasks: Vec<_> = (0..1000)
@@ -143,25 +35,22 @@ fn stampede(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let loads = Arc::new(AtomicUsize::new(0));
-    let vault = rt.block_on(async {
-        let store = Counting {
-            inner: SqliteStore::open(dir.path().join("stampede.db"))
-                .await
-                .expect("store"),
-            loads: loads.clone(),
-        };
-        let vault = Vault::open(store, Keyring::new(MasterKey::generate("k1").expect("key")))
-            .await
-            .expect("vault");
+    // A real SQLite file through the test suite's probed store, which counts user loads.
+    let db = rt.block_on(TestDb::new(Backend::Sqlite));
+    let (vault, probe) = rt.block_on(async {
+        let (vault, probe) = db
+            .open_probed(
+                Keyring::new(MasterKey::generate("k1").expect("key")),
+                Opts::default(),
+            )
+            .await;
         for provider in ["openai", "gemini", "exa"] {
             vault
                 .put("stampede", provider, "secret-0123456789abcdef")
                 .await
                 .expect("put");
         }
-        vault
+        (vault, probe)
     });
 
     let mut group = c.benchmark_group("stampede");
@@ -173,11 +62,11 @@ fn stampede(c: &mut Criterion) {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
                 vault.forget_cached("stampede");
-                let before = loads.load(Ordering::SeqCst);
+                let before = probe.loads();
                 let started = Instant::now();
                 rt.block_on(thousand(&vault));
                 spent += started.elapsed();
-                let made = loads.load(Ordering::SeqCst) - before;
+                let made = probe.loads() - before;
                 assert_eq!(made, 1, "1000 concurrent cold requests made {made} loads");
                 iterations += 1;
                 total_loads += made;
