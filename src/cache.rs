@@ -46,8 +46,9 @@ type Shard = RwLock<HashMap<Arc<str>, Entry, Hasher>>;
 struct Index {
     shards: Box<[Shard]>,
     hasher: Hasher,
-    /// Past this many entries, an insert first sweeps expired ones from its shard, so
-    /// the index stays bounded even where moka's evictions lag.
+    /// Past this many entries, inserts sweep the shard's expired entries, so that what
+    /// the index holds beyond moka's capacity is bounded by what is younger than the TTL,
+    /// even where moka's evictions lag.
     shard_soft_cap: usize,
 }
 
@@ -82,7 +83,11 @@ impl Index {
             .shard(&user_id)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if shard.len() >= self.shard_soft_cap {
+        // Past its share of the capacity, a shard drops its expired entries, every 64th
+        // insert so that a shard full of live entries does not pay a sweep per insert.
+        if shard.len() >= self.shard_soft_cap
+            && (shard.len() - self.shard_soft_cap).is_multiple_of(64)
+        {
             let now = Instant::now();
             shard.retain(|_, e| e.deadline > now);
         }
@@ -95,6 +100,15 @@ impl Index {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         shard.remove(user_id);
+    }
+
+    /// Whether the entry of `user_id` holds exactly `keys` (the same load).
+    fn holds(&self, user_id: &str, keys: &UserKeys) -> bool {
+        let shard = self
+            .shard(user_id)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(user_id).is_some_and(|e| e.keys.is_same(keys))
     }
 
     /// Removes the entry only if it still holds `keys`: moka reports evictions late, and
@@ -208,8 +222,20 @@ impl KeyCache {
         // hit, and evictions only remove the very entry they name), so the request does
         // not wait for it.
         let policy = self.policy.clone();
+        let index = self.index.clone();
         let keys = keys.clone();
-        tokio::spawn(async move { policy.insert(user_id, keys) });
+        tokio::spawn(async move {
+            // Skip, or undo, the policy entry if these keys left the index meanwhile (an
+            // invalidation, a newer load): moka must not hold keys, deleted ones perhaps,
+            // that can no longer be served.
+            if !index.holds(&user_id, &keys) {
+                return;
+            }
+            policy.insert(user_id.clone(), keys.clone());
+            if !index.holds(&user_id, &keys) {
+                policy.invalidate(&user_id);
+            }
+        });
     }
 
     /// The keys of a user from the cache, or from `load` with concurrent misses for the
@@ -250,8 +276,8 @@ impl KeyCache {
                 }
             }
         };
-        // Removes the flight from the map however this call ends, even when every request
-        // waiting on it is dropped, so abandoned flights do not pile up.
+        // Removes the flight from the map when its last caller leaves, however it leaves,
+        // so abandoned flights do not pile up.
         let _leave = LeaveFlight {
             cache: self,
             user_id,
@@ -288,10 +314,14 @@ impl KeyCache {
     /// neither cache its result nor be joined by later requests.
     pub(crate) fn invalidate(&self, user_id: &str) {
         let stripe = self.stripe(user_id);
-        let mut shared = self.lock();
-        shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
-        shared.flights.remove(user_id);
-        self.index.remove(user_id);
+        {
+            let mut shared = self.lock();
+            shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
+            shared.flights.remove(user_id);
+            self.index.remove(user_id);
+        }
+        // Outside the lock: moka may do housekeeping here. Its eviction notice for these
+        // keys is harmless, since it only removes the index entry if it still holds them.
         self.policy.invalidate(user_id);
     }
 }
@@ -305,10 +335,14 @@ struct LeaveFlight<'a> {
 impl Drop for LeaveFlight<'_> {
     fn drop(&mut self) {
         let mut shared = self.cache.lock();
+        // Only the last caller takes the flight out: the map's reference and this
+        // caller's are all that remain. Earlier, a cancelled leader would have let new
+        // requests start a second load while others still waited on this one.
         if shared
             .flights
             .get(self.user_id)
             .is_some_and(|current| Arc::ptr_eq(current, self.flight))
+            && Arc::strong_count(self.flight) <= 2
         {
             shared.flights.remove(self.user_id);
         }
@@ -341,7 +375,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         drop(shared);
-        let bound = SHARDS * cache.index.shard_soft_cap + 100;
+        let bound = SHARDS * (cache.index.shard_soft_cap + 64) + 100;
         assert!(
             total(&cache) <= bound,
             "{} entries, bound {bound}",

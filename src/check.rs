@@ -157,7 +157,7 @@ pub fn groq() -> Builtin {
     Builtin {
         prefix: "gsk_",
         len: (40, 100),
-        reason: "a Groq key starts with `gsk_` and has 40 to 100 letters or digits",
+        reason: "a Groq key starts with `gsk_` and has 40 to 100 letters, digits, `-` or `_`",
     }
 }
 

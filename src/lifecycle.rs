@@ -274,7 +274,9 @@ impl Vault {
     ///
     /// [`ErrorKind::KeyInUse`] while any row is sealed under it (run
     /// [`rewrap`](Self::rewrap) first) or when it is this keyring's active key;
-    /// [`ErrorKind::Store`] when the database fails.
+    /// [`ErrorKind::InvalidKeyring`] when the database knows no such key;
+    /// [`ErrorKind::Store`] when the database fails. No instance may still run with the
+    /// key active: retire it only after every instance has the new keyring.
     pub async fn retire_key(&self, key_id: &str) -> Result<()> {
         if self.inner.keyring.active().id() == key_id {
             return Err(
@@ -292,13 +294,30 @@ impl Vault {
                 "{rows} stored keys are still sealed under `{key_id}`: run a rewrap first"
             )));
         }
-        self.inner.store.remove_check_record(key_id).await?;
+        if !self.inner.store.remove_check_record(key_id).await? {
+            let still_used = self
+                .key_usage()
+                .await?
+                .iter()
+                .any(|u| u.key_id == key_id && u.rows > 0);
+            return Err(if still_used {
+                Error::new(ErrorKind::KeyInUse).with_detail(format!(
+                    "stored keys were written under `{key_id}` meanwhile: run a rewrap first"
+                ))
+            } else {
+                Error::new(ErrorKind::InvalidKeyring).with_detail(format!(
+                    "no master key `{key_id}` is registered in this database"
+                ))
+            });
+        }
         tracing::info!(key_id, "master key retired");
         Ok(())
     }
 
     /// Sets when a key stops being served, or clears it back to never (`None`). Takes
-    /// effect at once, the cache included. Returns whether the key exists.
+    /// effect at once in this process, its cache included; other instances see it when
+    /// their cached entry for the user expires (the cache TTL). Returns whether the key
+    /// exists.
     ///
     /// # Errors
     ///

@@ -625,10 +625,16 @@ pub(crate) fn unix_ms(t: SystemTime) -> i64 {
 }
 
 pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
+    // Checked: a stored value out of the platform's range clamps instead of panicking.
     let d = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        UNIX_EPOCH + d
+    let t = if ms >= 0 {
+        UNIX_EPOCH.checked_add(d)
     } else {
-        UNIX_EPOCH - d
-    }
+        UNIX_EPOCH.checked_sub(d)
+    };
+    t.unwrap_or(if ms >= 0 {
+        UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX))
+    } else {
+        UNIX_EPOCH
+    })
 }

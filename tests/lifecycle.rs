@@ -386,6 +386,15 @@ async fn retiring_a_key_still_in_use_is_refused(backend: Backend) {
         .unwrap();
     assert_eq!(seen, [(2, 6), (4, 6), (6, 6)]);
     vault.retire_key("old").await.unwrap();
+    assert_eq!(
+        vault.retire_key("old").await.unwrap_err().kind(),
+        ErrorKind::InvalidKeyring,
+        "twice"
+    );
+    assert_eq!(
+        vault.retire_key("typo").await.unwrap_err().kind(),
+        ErrorKind::InvalidKeyring
+    );
     drop(vault);
     let vault = db.open(new()).await.unwrap();
     assert!(vault.verify(|_| {}).await.unwrap().is_ok());

@@ -45,7 +45,7 @@ pub struct StoredKey {
     pub fingerprint: String,
     /// When the key was first stored.
     pub created_at: i64,
-    /// When the key was last replaced or re-sealed.
+    /// When the key was last replaced (a re-seal by a rewrap leaves it as it was).
     pub updated_at: i64,
     /// When the key stops being served, if ever.
     pub expires_at: Option<i64>,
@@ -193,7 +193,8 @@ pub trait KeyStore: Send + Sync + 'static {
         only_if_none: bool,
     ) -> impl Future<Output = Result<usize>> + Send;
 
-    /// Removes the check record of a master key; returns whether there was one.
+    /// Removes the check record of a master key, only if no row is sealed under it;
+    /// returns whether it removed one.
     fn remove_check_record(&self, key_id: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Audit records matching `query`, oldest first.
@@ -581,8 +582,12 @@ macro_rules! sql_key_store {
             }
 
             async fn remove_check_record(&self, key_id: &str) -> $crate::Result<bool> {
-                let done = sqlx::query("DELETE FROM byok_check WHERE key_id = $1")
-                    .bind(key_id)
+                // One statement: no row can come to need the key between check and delete.
+                let done = sqlx::query(concat!(
+                    "DELETE FROM byok_check WHERE key_id = $1 ",
+                    "AND NOT EXISTS (SELECT 1 FROM byok_keys WHERE key_id = $1)"
+                ))
+                .bind(key_id)
                     .execute(&self.pool)
                     .await
                     .map_err($crate::Error::store)?;
@@ -648,11 +653,13 @@ macro_rules! sql_key_store {
                 limit: u32,
                 exclude_key_id: Option<&str>,
             ) -> $crate::Result<Vec<$crate::store::StoredKey>> {
-                let (after_user, after_provider) = after.unzip();
+                // The first page starts after ("", ""), below every row (user ids are never
+                // empty), so the condition is always a plain range the key's index serves.
+                let (after_user, after_provider) = after.unwrap_or(("", ""));
                 let rows = sqlx::query(concat!(
                     "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
                     "FROM byok_keys WHERE ($1 IS NULL OR key_id <> $1) ",
-                    "AND ($2 IS NULL OR (user_id, provider) > ($2, $3)) ",
+                    "AND (user_id, provider) > ($2, $3) ",
                     "ORDER BY user_id, provider LIMIT $4"
                 ))
                 .bind(exclude_key_id)

@@ -445,8 +445,8 @@ async fn expire(vault: &Vault, user: &str, provider: &str, after: Option<Duratio
     match (at, after) {
         (None, _) => println!("{provider} of the user now never expires"),
         (Some(_), Some(after)) if after.is_zero() => println!(
-            "{provider} of the user has expired: it is no longer served \
-             (`tower-byok purge-expired` deletes it)"
+            "{provider} of the user has expired: it is no longer served once running \
+             instances' cached entries expire (`tower-byok purge-expired` deletes it)"
         ),
         (Some(at), after) => println!(
             "{provider} of the user now expires at {} (in {})",

@@ -81,7 +81,9 @@ pub(crate) fn parse_time(text: &str) -> Result<SystemTime, String> {
         let secs: u64 = text
             .parse()
             .map_err(|_| "Unix seconds out of range".to_owned())?;
-        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
+        return UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(|| "Unix seconds out of range".to_owned());
     }
     let ms = parse_rfc3339_ms(text).ok_or_else(|| {
         "expected RFC 3339 (2026-11-22T10:00:00Z), a date (2026-11-22) or Unix seconds".to_owned()
