@@ -44,7 +44,6 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -56,6 +55,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower_byok::resolve::FromHeader;
 use tower_byok::{ByokLayer, Keyring, MasterKey, SqliteStore, UserKeys, Vault};
+
+mod support;
+use support::{keys_of, knob};
 
 const ROLE: &str = "BYOK_E2E_ROLE";
 const TARGET: &str = "BYOK_E2E_TARGET";
@@ -70,28 +72,8 @@ fn main() {
     }
 }
 
-/// A knob from the environment, or its default.
-fn knob<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 fn user_id(n: usize) -> String {
     format!("user-{n}")
-}
-
-/// Three keys of realistic lengths: OpenAI (51), Gemini (39), Exa (36).
-fn keys_of(n: usize) -> [(&'static str, String); 3] {
-    [
-        ("openai", format!("sk-proj-{n:0>43}")),
-        ("gemini", format!("AIza{n:0>35}")),
-        ("exa", format!("{n:0>8}-0000-4000-8000-{n:0>12}")),
-    ]
 }
 
 // ---------------------------------------------------------------------------------------

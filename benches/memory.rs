@@ -24,38 +24,20 @@
 // Printing the results is the point of this program.
 #![allow(clippy::print_stdout)]
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
 
-const TARGET_BYTES_PER_USER: f64 = 1.4 * 1024.0;
+mod support;
+use support::{keys_of, knob};
 
-/// A knob from the environment, or its default.
-fn knob<T: FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
+const TARGET_BYTES_PER_USER: f64 = 1.4 * 1024.0;
 
 /// User ids as an application might have them: 16 characters.
 fn user_id(n: usize) -> String {
     format!("user-{n:011}")
-}
-
-/// Three keys of realistic lengths: OpenAI (51), Gemini (39), Exa (36).
-fn keys_of(n: usize) -> [(&'static str, String); 3] {
-    [
-        ("openai", format!("sk-proj-{n:0>43}")),
-        ("gemini", format!("AIza{n:0>35}")),
-        ("exa", format!("{n:0>8}-0000-4000-8000-{n:0>12}")),
-    ]
 }
 
 /// The resident set size of this process, in bytes.

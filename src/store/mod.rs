@@ -473,37 +473,28 @@ macro_rules! sql_key_store {
                 // concurrent first write waits on the first's unique-index entry and then
                 // takes the update branch, so exactly one of them is audited as a put.
                 let action = loop {
-                    let inserted = sqlx::query(concat!(
-                        "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
-                        "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
-                        "ON CONFLICT (user_id, provider) DO NOTHING"
-                    ))
-                    .bind(&row.user_id)
-                    .bind(&row.provider)
-                    .bind(&row.key_id)
-                    .bind(&row.sealed)
-                    .bind(&row.hint)
-                    .bind(&row.fingerprint)
-                    .bind(row.updated_at)
-                    .bind(row.expires_at)
+                    let inserted = Self::bind_row(
+                        sqlx::query(concat!(
+                            "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
+                            "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
+                            "ON CONFLICT (user_id, provider) DO NOTHING"
+                        )),
+                        row,
+                    )
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::store)?;
                     if inserted.rows_affected() == 1 {
                         break $crate::store::AuditAction::Put;
                     }
-                    let updated = sqlx::query(concat!(
-                        "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
-                        "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2"
-                    ))
-                    .bind(&row.user_id)
-                    .bind(&row.provider)
-                    .bind(&row.key_id)
-                    .bind(&row.sealed)
-                    .bind(&row.hint)
-                    .bind(&row.fingerprint)
-                    .bind(row.updated_at)
-                    .bind(row.expires_at)
+                    // The same parameters in the same places as the insert.
+                    let updated = Self::bind_row(
+                        sqlx::query(concat!(
+                            "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
+                            "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2"
+                        )),
+                        row,
+                    )
                     .execute(&mut *tx)
                     .await
                     .map_err($crate::Error::store)?;
@@ -785,6 +776,23 @@ macro_rules! sql_key_store {
                     updated_at: row.try_get("updated_at").map_err(get)?,
                     expires_at: row.try_get("expires_at").map_err(get)?,
                 })
+            }
+
+            /// Binds a row's values as `$1`..`$8`: user, provider, key id, sealed blob,
+            /// hint, fingerprint, time written, expiry.
+            fn bind_row<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                row: &'q $crate::store::StoredKey,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                query
+                    .bind(&row.user_id)
+                    .bind(&row.provider)
+                    .bind(&row.key_id)
+                    .bind(&row.sealed)
+                    .bind(&row.hint)
+                    .bind(&row.fingerprint)
+                    .bind(row.updated_at)
+                    .bind(row.expires_at)
             }
 
             async fn insert_audit(

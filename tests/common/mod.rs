@@ -118,10 +118,8 @@ impl TestDb {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(2))
-                    .connect_with(self.pg.clone().unwrap())
+                let pool = self
+                    .pg_pool_of(8)
                     .await
                     .map_err(|_| tower_byok::ErrorKind::Store)?;
                 Vault::builder(tower_byok::PostgresStore::from_pool(pool), keyring)
@@ -151,11 +149,7 @@ impl TestDb {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(4)
-                    .connect_with(self.pg.clone().unwrap())
-                    .await
-                    .unwrap();
+                let pool = self.pg_pool_of(4).await.unwrap();
                 let store = tower_byok::PostgresStore::from_pool(pool);
                 checks
                     .apply(Vault::builder(store, keyring))
@@ -281,11 +275,17 @@ impl TestDb {
 
     #[cfg(feature = "postgres")]
     async fn pg_pool(&self) -> sqlx::PgPool {
+        self.pg_pool_of(1).await.unwrap()
+    }
+
+    /// A pool of up to `max` connections to this test's database.
+    #[cfg(feature = "postgres")]
+    async fn pg_pool_of(&self, max: u32) -> Result<sqlx::PgPool, sqlx::Error> {
         sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(2))
             .connect_with(self.pg.clone().unwrap())
             .await
-            .unwrap()
     }
 
     /// The PostgreSQL URL of this test's database.
@@ -547,11 +547,7 @@ impl TestDb {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(self.pg.clone().unwrap())
-                    .await
-                    .unwrap();
+                let pool = self.pg_pool_of(8).await.unwrap();
                 let store = Probed {
                     inner: tower_byok::PostgresStore::from_pool(pool),
                     probe: probe.clone(),
