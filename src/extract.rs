@@ -6,8 +6,7 @@ use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use http::StatusCode;
 
-use crate::keys::UserKeys;
-use crate::rejection::NoUser;
+use crate::keys::{NoUser, UserKeys};
 
 /// Why the [`UserKeys`] extractor rejected a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

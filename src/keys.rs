@@ -46,6 +46,44 @@ pub struct ProviderKey {
 }
 
 impl ProviderKey {
+    /// A key made by the application itself, for [`UserKeys`] in handler tests: the
+    /// provider name is normalized (lowercased) and checked, and so is the secret
+    /// (1 byte to 16 KiB). Its source is [`KeySource::Database`], as a vault key's would be.
+    ///
+    /// ```
+    /// use tower_byok::{ProviderKey, UserKeys};
+    ///
+    /// let keys: UserKeys = [ProviderKey::from_secret("OpenAI", "sk-test-0001")?].into_iter().collect();
+    /// assert_eq!(keys.get("openai").map(ProviderKey::expose_secret), Some("sk-test-0001"));
+    /// # Ok::<(), tower_byok::Error>(())
+    /// ```
+    pub fn from_secret(provider: &str, secret: impl Into<String>) -> crate::Result<Self> {
+        let provider = crate::validate::provider(provider)?;
+        let secret = Zeroizing::new(secret.into());
+        crate::validate::secret(&secret)?;
+        Ok(Self::new(
+            provider.as_ref(),
+            secret,
+            KeySource::Database,
+            None,
+        ))
+    }
+
+    /// This key with `source` in place of its source, e.g. to test a handler's
+    /// single-developer branch.
+    #[must_use]
+    pub fn with_source(mut self, source: KeySource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// This key, expiring at `at`.
+    #[must_use]
+    pub fn with_expiry(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
     pub(crate) fn new(
         provider: impl Into<Box<str>>,
         secret: Zeroizing<String>,
@@ -109,6 +147,10 @@ impl fmt::Debug for ProviderKey {
 /// One user's provider keys, as the layer puts them into each request's extensions.
 ///
 /// Cloning is one reference-count increment. Lookups take the provider name in any case.
+///
+/// Handlers get it from the layer; a handler's own tests build one by collecting
+/// [`ProviderKey::from_secret`]s (a later key for the same provider replaces an earlier
+/// one), and `UserKeys::default()` is a user with no keys.
 ///
 /// ```
 /// # fn use_keys(keys: &tower_byok::UserKeys) {
@@ -204,6 +246,23 @@ impl UserKeys {
     }
 }
 
+impl FromIterator<ProviderKey> for UserKeys {
+    fn from_iter<I: IntoIterator<Item = ProviderKey>>(iter: I) -> Self {
+        let mut keys: Vec<ProviderKey> = iter.into_iter().collect();
+        // Reversed, then stably sorted: of equal providers, the last given comes first
+        // and survives the dedup.
+        keys.reverse();
+        keys.sort_by(|a, b| a.provider.cmp(&b.provider));
+        keys.dedup_by(|a, b| a.provider == b.provider);
+        Self::from_sorted(keys)
+    }
+}
+
+/// Left in a request's extensions when the layer found no user, so the extractor can
+/// tell "no user" (401) from "layer not installed" (500).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NoUser;
+
 impl fmt::Debug for UserKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserKeys")
@@ -236,5 +295,48 @@ impl KeyInfo {
     /// Whether the key's expiry has passed (it is no longer served).
     pub fn is_expired(&self) -> bool {
         self.expires_at.is_some_and(|at| at <= SystemTime::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn collected_keys_are_normalized_sorted_and_the_last_of_a_provider_wins() {
+        let keys: UserKeys = [
+            ProviderKey::from_secret("OpenAI", "sk-first").unwrap(),
+            ProviderKey::from_secret("exa", "exa-1").unwrap(),
+            ProviderKey::from_secret("openai", "sk-second").unwrap(),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(keys.providers().collect::<Vec<_>>(), ["exa", "openai"]);
+        assert_eq!(keys.get("OPENAI").unwrap().expose_secret(), "sk-second");
+        assert_eq!(keys.get("openai").unwrap().source(), KeySource::Database);
+    }
+
+    #[test]
+    fn handmade_keys_are_checked_like_stored_ones_and_errors_hide_the_secret() {
+        let err = ProviderKey::from_secret("not a provider!", "sk-secret-1").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidProvider);
+        let err = ProviderKey::from_secret("openai", "").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSecret);
+        let long = "s".repeat(crate::MAX_SECRET_LEN + 1);
+        let err = ProviderKey::from_secret("openai", long.clone()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidSecret);
+        assert!(!format!("{err} {err:?}").contains(&long[..32]));
+
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60);
+        let key = ProviderKey::from_secret("openai", "sk-1")
+            .unwrap()
+            .with_source(KeySource::Environment)
+            .with_expiry(at);
+        assert_eq!(key.source(), KeySource::Environment);
+        assert_eq!(key.expires_at(), Some(at));
+        assert!(!format!("{key:?}").contains("sk-1"));
     }
 }

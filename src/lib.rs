@@ -100,8 +100,11 @@
 //! | a key past its expiry | not served, even from the cache |
 //! | extractor on a route without the layer | `500` saying the layer is not installed |
 //!
-//! Responses the layer makes itself carry the [`ErrorKind`] in their extensions, for
-//! outer layers. Errors are never cached; the next request tries again.
+//! Every response the layer makes itself carries its [`Rejection`] in the response
+//! extensions (and the [`ErrorKind`] of a load failure), for outer layers;
+//! [`with_rejection_response`](ByokLayer::with_rejection_response) swaps the JSON
+//! bodies for the application's own. Errors are never cached; the next request tries
+//! again.
 //!
 //! # Security model
 //!
@@ -131,38 +134,30 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-mod body;
 mod cache;
 pub mod check;
 mod crypto;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
-mod future;
 pub mod import;
 pub mod keyring;
 mod keys;
-mod layer;
 pub mod lifecycle;
-mod rejection;
+mod middleware;
 pub mod resolve;
-mod service;
 pub mod store;
 mod validate;
 mod vault;
 
-pub use crate::body::ByokBody;
 pub use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::KeysRejection;
-pub use crate::future::ResponseFuture;
 pub use crate::keyring::{Keyring, MasterKey};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
-pub use crate::layer::{ByokLayer, DevEnvFallback};
 pub use crate::lifecycle::{KeyUsage, Progress, RewrapReport, RowFailure, VerifyReport};
-pub use crate::resolve::ResolveUser;
-pub use crate::service::Byok;
+pub use crate::middleware::{Byok, ByokBody, ByokLayer, DevEnvFallback, Rejection, ResponseFuture};
 #[cfg(feature = "postgres")]
 pub use crate::store::PostgresStore;
 #[cfg(feature = "sqlite")]

@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_byok::resolve::{FromExtension, FromHeader};
-use tower_byok::{ByokLayer, DevEnvFallback, KeySource, UserKeys, Vault};
+use tower_byok::{ByokLayer, DevEnvFallback, ErrorKind, KeySource, Rejection, UserKeys, Vault};
 
 per_backend!(
     each_user_sees_only_their_own_keys,
@@ -35,6 +35,7 @@ per_backend!(
     dev_env_fallback_is_off_unless_turned_on,
     undecryptable_keys_answer_500_and_never_fall_back,
     user_from_an_upstream_auth_extension,
+    every_rejection_carries_its_kind_and_takes_a_custom_body,
 );
 
 /// What the test handler reports: the caller's keys by provider, with their source.
@@ -388,6 +389,73 @@ async fn undecryptable_keys_answer_500_and_never_fall_back(backend: Backend) {
     assert!(!body.contains("sk-"));
     assert_eq!(server.keys("a").await, map(&[("openai", "sk-a")]));
     std::env::remove_var(&var);
+}
+
+async fn every_rejection_carries_its_kind_and_takes_a_custom_body(backend: Backend) {
+    use tower::ServiceExt;
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    vault.put("a", "openai", "sk-a").await.unwrap();
+    vault.put("b", "openai", "sk-b").await.unwrap();
+    let a_blob = db.blob("a", "openai").await;
+    db.set_blob("b", "openai", &a_blob).await;
+    let base = || {
+        layer(&vault)
+            .with_require_user(true)
+            .with_required_providers(["openai"])
+    };
+    let cases = [
+        (None, StatusCode::UNAUTHORIZED, Rejection::Unauthenticated),
+        (
+            Some("nobody"),
+            StatusCode::PRECONDITION_REQUIRED,
+            Rejection::MissingProviders {
+                missing: vec!["openai".into()],
+            },
+        ),
+        (
+            Some("b"),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Rejection::KeysUnavailable(ErrorKind::Decrypt),
+        ),
+    ];
+    let request = |user: Option<&str>| {
+        let mut req = http::Request::get("/keys");
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        req.body(axum::body::Body::empty()).unwrap()
+    };
+    for (user, status, rejection) in &cases {
+        // The default response: the layer's JSON, the rejection in the extensions.
+        let res = app(base()).oneshot(request(*user)).await.unwrap();
+        assert_eq!(res.status(), *status, "{rejection}");
+        assert_eq!(res.extensions().get::<Rejection>(), Some(rejection));
+        assert_eq!(
+            res.extensions().get::<ErrorKind>().copied(),
+            rejection.error_kind()
+        );
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, rejection.default_response().into_body());
+
+        // The application's own body, and still the rejection in the extensions.
+        let custom = base().with_rejection_response(|r: &Rejection| {
+            let mut res = http::Response::new(Bytes::from(format!("app-error: {r}")));
+            *res.status_mut() = StatusCode::IM_A_TEAPOT;
+            res
+        });
+        let res = app(custom).oneshot(request(*user)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(res.extensions().get::<Rejection>(), Some(rejection));
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("app-error: {rejection}"));
+        assert!(!String::from_utf8_lossy(&body).contains("sk-"));
+    }
+    // The request that passes is untouched by the responder.
+    let custom = base().with_rejection_response(|_: &Rejection| unreachable!());
+    let res = app(custom).oneshot(request(Some("a"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.extensions().get::<Rejection>().is_none());
 }
 
 #[derive(Clone)]

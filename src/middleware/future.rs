@@ -7,17 +7,18 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::ByokBody;
+use bytes::Bytes;
+
+use super::body::ByokBody;
+use super::config::{prepare, Config};
+use super::rejection::Rejection;
 use crate::error::ErrorKind;
 use crate::keys::UserKeys;
-use crate::layer::Config;
-use crate::rejection::Rejection;
-use crate::service::prepare;
 
 type Load = Pin<Box<dyn Future<Output = Result<UserKeys, ErrorKind>> + Send>>;
 
 pin_project! {
-    /// The response future of [`Byok`](crate::Byok).
+    /// The response future of [`Byok`](super::Byok).
     ///
     /// On a cache hit it is the inner service's future, unboxed. Only a cache miss boxes
     /// one future: the database load.
@@ -45,7 +46,7 @@ pin_project! {
             pending: Option<(S, Request<B>, Arc<Config>)>,
         },
         Reject {
-            rejection: Option<Rejection>,
+            response: Option<Response<Bytes>>,
         },
     }
 }
@@ -60,10 +61,10 @@ where
         }
     }
 
-    pub(crate) fn reject(rejection: Rejection) -> Self {
+    pub(crate) fn reject(rejection: Rejection, config: &Config) -> Self {
         Self {
             state: State::Reject {
-                rejection: Some(rejection),
+                response: Some(config.respond(rejection)),
             },
         }
     }
@@ -92,11 +93,11 @@ where
                     let response = ready!(future.poll(cx))?;
                     return Poll::Ready(Ok(response.map(ByokBody::inner)));
                 }
-                StateProj::Reject { rejection } => {
-                    let rejection = rejection
+                StateProj::Reject { response } => {
+                    let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(rejection.into_response()));
+                    return Poll::Ready(Ok(response.map(ByokBody::own)));
                 }
                 StateProj::Load { load, pending } => {
                     let loaded = ready!(load.as_mut().poll(cx));
@@ -104,7 +105,7 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match loaded
-                        .map_err(Rejection::Load)
+                        .map_err(Rejection::KeysUnavailable)
                         .and_then(|keys| prepare(&mut request, keys, &config))
                     {
                         // `service` is the instance `poll_ready` made ready before `call`.
@@ -112,7 +113,7 @@ where
                             future: service.call(request),
                         },
                         Err(rejection) => State::Reject {
-                            rejection: Some(rejection),
+                            response: Some(config.respond(rejection)),
                         },
                     }
                 }

@@ -5,15 +5,15 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::body::ByokBody;
-use crate::future::ResponseFuture;
-use crate::keys::UserKeys;
-use crate::layer::Config;
-use crate::rejection::{NoUser, Rejection};
+use super::body::ByokBody;
+use super::config::{prepare, Config};
+use super::future::ResponseFuture;
+use super::rejection::Rejection;
+use crate::keys::NoUser;
 use crate::resolve::ResolveUser;
 use crate::vault::Vault;
 
-/// The middleware made by [`ByokLayer`](crate::ByokLayer).
+/// The middleware made by [`ByokLayer`](super::ByokLayer).
 pub struct Byok<S, R> {
     inner: S,
     /// Everything but the inner service, behind one `Arc`: axum clones the service for
@@ -84,7 +84,7 @@ where
             .filter(|id| crate::validate::user_id(id).is_ok());
         let Some(user) = user else {
             if shared.config.require_user {
-                return ResponseFuture::reject(Rejection::NoUser);
+                return ResponseFuture::reject(Rejection::Unauthenticated, &shared.config);
             }
             request.extensions_mut().insert(NoUser);
             return ResponseFuture::inner(inner.call(request));
@@ -96,7 +96,7 @@ where
             drop(user);
             return match prepare(&mut request, keys, &shared.config) {
                 Ok(()) => ResponseFuture::inner(inner.call(request)),
-                Err(rejection) => ResponseFuture::reject(rejection),
+                Err(rejection) => ResponseFuture::reject(rejection, &shared.config),
             };
         }
 
@@ -105,28 +105,4 @@ where
         let load = Box::pin(async move { vault.cached(&user).await });
         ResponseFuture::load(load, inner, request, shared.config.clone())
     }
-}
-
-/// Adds the single-developer keys if on, checks the required providers, and puts the
-/// keys into the request.
-pub(crate) fn prepare<B>(
-    request: &mut Request<B>,
-    keys: UserKeys,
-    config: &Config,
-) -> Result<(), Rejection> {
-    let keys = match &config.dev_env {
-        Some(env) => keys.or_else_from(env),
-        None => keys,
-    };
-    if config.required_providers.iter().any(|p| !keys.contains(p)) {
-        let missing = config
-            .required_providers
-            .iter()
-            .filter(|p| !keys.contains(p))
-            .cloned()
-            .collect();
-        return Err(Rejection::MissingProviders(missing));
-    }
-    request.extensions_mut().insert(keys);
-    Ok(())
 }

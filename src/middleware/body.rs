@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The body of a response from [`Byok`](crate::Byok): the inner service's body, or
+    /// The body of a response from [`Byok`](super::Byok): the inner service's body, or
     /// the short body of a response the layer made itself (401, 428, 500, 503).
     pub struct ByokBody<B> {
         #[pin]

@@ -1,11 +1,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::Response;
 use tower_layer::Layer;
-use zeroize::Zeroizing;
 
-use crate::keys::{KeySource, ProviderKey, UserKeys};
-use crate::service::Byok;
+use super::config::{Config, DevEnvFallback};
+use super::rejection::Rejection;
+use super::service::Byok;
 use crate::validate;
 use crate::vault::Vault;
 
@@ -31,14 +33,6 @@ pub struct ByokLayer<R> {
     vault: Vault,
     resolver: R,
     config: Arc<Config>,
-}
-
-#[derive(Clone, Default)]
-pub(crate) struct Config {
-    pub(crate) require_user: bool,
-    pub(crate) required_providers: Vec<Box<str>>,
-    /// The single-developer keys read from the environment at start-up, if turned on.
-    pub(crate) dev_env: Option<UserKeys>,
 }
 
 impl<R> ByokLayer<R> {
@@ -103,7 +97,7 @@ impl<R> ByokLayer<R> {
     ///
     /// For one developer running the app locally, the only place a shared environment
     /// variable is acceptable. Off unless called; logs a warning when on. Database keys
-    /// still win, and each key says where it came from ([`ProviderKey::source`]).
+    /// still win, and each key says where it came from ([`ProviderKey::source`](crate::ProviderKey::source)).
     /// Never turn it on in a deployment that serves more than one person.
     ///
     /// ```
@@ -118,24 +112,47 @@ impl<R> ByokLayer<R> {
     /// # let _ = layer; }
     /// ```
     pub fn with_dev_env_fallback(mut self, fallback: DevEnvFallback) -> Self {
-        let mut keys: Vec<ProviderKey> = fallback
-            .vars
-            .iter()
-            .filter_map(|(provider, var)| {
-                let value = Zeroizing::new(std::env::var(var).ok()?);
-                (validate::secret(&value).is_ok()).then(|| {
-                    ProviderKey::new(provider.as_str(), value, KeySource::Environment, None)
-                })
-            })
-            .collect();
-        keys.sort_by(|a, b| a.provider().cmp(b.provider()));
-        keys.dedup_by(|a, b| a.provider() == b.provider());
+        let keys = fallback.read();
         tracing::warn!(
-            providers = ?keys.iter().map(ProviderKey::provider).collect::<Vec<_>>(),
+            providers = ?keys.providers().collect::<Vec<_>>(),
             "tower-byok single-developer mode is ON: providers without a database key are served \
              from environment variables to every user. Never use this where more than one person uses the app."
         );
-        Arc::make_mut(&mut self.config).dev_env = Some(UserKeys::from_sorted(keys));
+        Arc::make_mut(&mut self.config).dev_env = Some(keys);
+        self
+    }
+
+    /// Answers rejected requests with `respond`'s response instead of the layer's default
+    /// JSON, e.g. to give them the application's own error shape.
+    ///
+    /// `respond` gets the [`Rejection`] (401, 428, 503 or 500); its
+    /// [`default_response`](Rejection::default_response) is a starting point. Whatever
+    /// it returns, the layer adds the `Rejection` (and the [`ErrorKind`](crate::ErrorKind)
+    /// of a load failure) to the response extensions. Keep `Retry-After` on 503s.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::{header, HeaderValue, Response};
+    /// use tower_byok::{resolve::FromHeader, ByokLayer, Rejection, Vault};
+    ///
+    /// fn problem_json(rejection: &Rejection) -> Response<Bytes> {
+    ///     let body = format!(r#"{{"type":"about:blank","status":{},"title":"{}"}}"#,
+    ///         rejection.status().as_u16(), rejection);
+    ///     let mut response = rejection.default_response(); // keeps status and Retry-After
+    ///     let problem = HeaderValue::from_static("application/problem+json");
+    ///     response.headers_mut().insert(header::CONTENT_TYPE, problem);
+    ///     *response.body_mut() = body.into();
+    ///     response
+    /// }
+    /// # fn f(vault: Vault) {
+    /// let layer = ByokLayer::new(vault, FromHeader::new("x-user")).with_rejection_response(problem_json);
+    /// # let _ = layer; }
+    /// ```
+    pub fn with_rejection_response<F>(mut self, respond: F) -> Self
+    where
+        F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.config).responder = Some(Arc::new(respond));
         self
     }
 }
@@ -144,9 +161,7 @@ impl<R: fmt::Debug> fmt::Debug for ByokLayer<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ByokLayer")
             .field("resolver", &self.resolver)
-            .field("require_user", &self.config.require_user)
-            .field("required_providers", &self.config.required_providers)
-            .field("dev_env_fallback", &self.config.dev_env.is_some())
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
@@ -161,34 +176,5 @@ impl<S, R: Clone> Layer<S> for ByokLayer<R> {
             self.resolver.clone(),
             self.config.clone(),
         )
-    }
-}
-
-/// Which environment variable holds which provider's key, for
-/// [`ByokLayer::with_dev_env_fallback`].
-#[derive(Clone, Debug, Default)]
-#[must_use]
-pub struct DevEnvFallback {
-    vars: Vec<(String, String)>,
-}
-
-impl DevEnvFallback {
-    /// An empty mapping.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Serves `provider`'s key from the variable `var`, e.g. `("gemini", "GEMINI_API_KEY")`.
-    ///
-    /// # Panics
-    ///
-    /// When `provider` is not a valid provider name: a programming error.
-    pub fn provider(mut self, provider: &str, var: &str) -> Self {
-        let provider = match validate::provider(provider) {
-            Ok(p) => p.into_owned(),
-            Err(e) => panic!("DevEnvFallback::provider: {e}"),
-        };
-        self.vars.push((provider, var.to_owned()));
-        self
     }
 }
