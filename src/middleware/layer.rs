@@ -47,7 +47,7 @@ impl<R> ByokLayer<R> {
 
     /// When `true`, a request with no user is answered `401 Unauthorized` by the layer.
     /// When `false` (the default) it goes on without keys, and the
-    /// [`UserKeys`] extractor rejects it with 401 where a handler asks for keys.
+    /// [`UserKeys`](crate::UserKeys) extractor rejects it with 401 where a handler asks for keys.
     ///
     /// ```
     /// # use tower_byok::{resolve::FromHeader, ByokLayer, Vault};
