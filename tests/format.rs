@@ -153,12 +153,15 @@ fn mask(secret: &str) -> String {
     out
 }
 
-/// The keyring text format: entries split on `\n` and `,`, trimmed; blank entries and
-/// entries starting with `#` skipped; `<id>:<base64>`; the first entry is active.
+/// The keyring text format: lines whose first non-blank character is `#` skipped whole;
+/// the other lines split on `,`, pieces trimmed, blank ones skipped; `<id>:<base64>`;
+/// the first entry is active.
 fn parse_keyring(text: &str) -> Vec<(String, [u8; 32])> {
-    text.split(['\n', ','])
+    text.split('\n')
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .flat_map(|line| line.split(','))
         .map(str::trim)
-        .filter(|e| !e.is_empty() && !e.starts_with('#'))
+        .filter(|e| !e.is_empty())
         .map(|entry| {
             let (id, b64) = entry.split_once(':').expect("`<id>:<base64>`");
             let bytes: [u8; 32] = base64_decode(b64.trim())
@@ -399,7 +402,7 @@ async fn keyring_text_gives_the_master_keys_of_the_recipe() {
     // is optional; `,` separates entries like a newline does.
     const K2: &str = "3qnzk/5v4ujdjaxNCs11iXQiJVdbFgrtYcTcEHiLbyg=";
     const K1: &str = "bEOio099VofhxPk4n8UURzobdmC6dM6uQ4UjWyyDPjU";
-    let text = format!("# test keyring; the first key is active\nk2:{K2}\n\nk1 : {K1}\n");
+    let text = format!("# test keyring, the first key is active\nk2:{K2}\n\nk1 : {K1}\n");
 
     let parsed = parse_keyring(&text);
     assert_eq!(parsed.len(), 2);
@@ -602,4 +605,88 @@ async fn the_documented_test_vectors_hold_both_ways() {
     let listed = vault.list("alice").await.expect("list");
     assert_eq!(listed[0].masked, "sk-\u{2026}789");
     assert_eq!(listed[0].fingerprint, VEC_FINGERPRINT);
+}
+
+/// The keyring files the admin CLI writes open with the document's recipe, in Rust and
+/// with the Python sketch's own `parse_keyring`, run as the document prints it.
+#[cfg(feature = "cli")]
+#[test]
+fn keyring_files_the_cli_writes_parse_with_the_documented_recipe() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("keyring.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_tower-byok"))
+        .args(["keygen", "--id", "k1", "--out"])
+        .arg(&file)
+        .output()
+        .expect("run tower-byok keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).expect("keyring file");
+    assert!(
+        text.lines().any(|l| l.starts_with('#') && l.contains(',')),
+        "this test is about comment lines with commas, as the CLI writes them: {}",
+        text.lines()
+            .filter(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let expected: Vec<(String, String)> = Keyring::from_file(&file)
+        .expect("the crate reads its own file")
+        .ids()
+        .map(|id| (id.to_owned(), String::new()))
+        .collect();
+    let by_recipe = parse_keyring(&text);
+    assert_eq!(
+        by_recipe
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>()
+    );
+
+    // The Python sketch's parse_keyring, cut from the document and run as printed.
+    let start = FORMAT_MD
+        .find("def parse_keyring")
+        .expect("sketch has parse_keyring");
+    let body: Vec<&str> = FORMAT_MD[start..]
+        .lines()
+        .enumerate()
+        .take_while(|(i, l)| *i == 0 || l.is_empty() || l.starts_with(' '))
+        .map(|(_, l)| l)
+        .collect();
+    let script = format!(
+        "import base64, sys\n{}\nfor k, v in parse_keyring(sys.stdin.read()).items():\n    print(k, v.hex())\n",
+        body.join("\n")
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (it is on every machine of this project)");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("write keyring");
+    }
+    let out = child.wait_with_output().expect("python3 finishes");
+    assert!(
+        out.status.success(),
+        "the sketch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let by_sketch = String::from_utf8(out.stdout).expect("utf-8");
+    let by_rust: String = by_recipe
+        .iter()
+        .map(|(id, key)| format!("{id} {}\n", hex(key)))
+        .collect();
+    assert_eq!(by_sketch, by_rust);
 }
