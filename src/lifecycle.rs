@@ -236,8 +236,16 @@ impl Vault {
             let Some(last) = page.last() else { break };
             after = Some((last.user_id.clone(), last.provider.clone()));
             for row in &page {
-                match self.open_row(row) {
-                    Ok(_) => report.opened += 1,
+                // Served keys must also be UTF-8 (FORMAT.md §7): a row that opens to
+                // other bytes fails every request, so it is a failure here too.
+                let served =
+                    self.open_row(row)
+                        .and_then(|plain| match std::str::from_utf8(&plain) {
+                            Ok(_) => Ok(()),
+                            Err(_) => Err(self.row_failure(row, ErrorKind::Decrypt)),
+                        });
+                match served {
+                    Ok(()) => report.opened += 1,
                     Err(failure) => report.failed.push(failure),
                 }
                 done += 1;
@@ -251,12 +259,7 @@ impl Vault {
         &self,
         row: &StoredKey,
     ) -> std::result::Result<zeroize::Zeroizing<Vec<u8>>, RowFailure> {
-        let failure = |kind| RowFailure {
-            user_ref: self.user_ref(&row.user_id),
-            provider: row.provider.clone(),
-            key_id: row.key_id.clone(),
-            kind,
-        };
+        let failure = |kind| self.row_failure(row, kind);
         let master = self
             .inner
             .keyring
@@ -265,6 +268,15 @@ impl Vault {
         UserCipher::new(master, &row.user_id)
             .open(&row.user_id, &row.provider, &row.sealed)
             .map_err(|e| failure(e.kind()))
+    }
+
+    fn row_failure(&self, row: &StoredKey, kind: ErrorKind) -> RowFailure {
+        RowFailure {
+            user_ref: self.user_ref(&row.user_id),
+            provider: row.provider.clone(),
+            key_id: row.key_id.clone(),
+            kind,
+        }
     }
 
     /// Forgets a master key the database no longer needs: removes its check record, so

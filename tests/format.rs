@@ -16,7 +16,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
+use tower_byok::{ErrorKind, Keyring, MasterKey, SqliteStore, Vault};
 
 /// The document itself: its test vectors must appear in it verbatim.
 const FORMAT_MD: &str = include_str!("../docs/FORMAT.md");
@@ -634,21 +634,14 @@ fn keyring_files_the_cli_writes_parse_with_the_documented_recipe() {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let expected: Vec<(String, String)> = Keyring::from_file(&file)
-        .expect("the crate reads its own file")
-        .ids()
-        .map(|id| (id.to_owned(), String::new()))
-        .collect();
+    let keyring = Keyring::from_file(&file).expect("the crate reads its own file");
     let by_recipe = parse_keyring(&text);
     assert_eq!(
         by_recipe
             .iter()
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| id.as_str())
             .collect::<Vec<_>>(),
-        expected
-            .iter()
-            .map(|(id, _)| id.clone())
-            .collect::<Vec<_>>()
+        keyring.ids().collect::<Vec<_>>()
     );
 
     // The Python sketch's parse_keyring, cut from the document and run as printed.
@@ -689,4 +682,84 @@ fn keyring_files_the_cli_writes_parse_with_the_documented_recipe() {
         .map(|(id, key)| format!("{id} {}\n", hex(key)))
         .collect();
     assert_eq!(by_sketch, by_rust);
+}
+
+/// Seals `plaintext` by the recipe: what another implementation of the format writes.
+fn seal_bytes(
+    master: &[u8; 32],
+    key_id: &str,
+    user_id: &str,
+    provider: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new(&user_key(master, user_id).into());
+    let nonce = [0x5a_u8; 24];
+    let aad = associated_data(key_id, user_id, provider);
+    let ct = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .expect("seal");
+    [vec![VERSION], nonce.to_vec(), ct].concat()
+}
+
+/// A row sealed correctly but holding a plaintext that is not UTF-8 (§7) cannot be
+/// served, so `verify` reports it among the failures, like any row a request would fail
+/// to open.
+#[tokio::test]
+async fn verify_reports_a_row_whose_plaintext_is_not_utf8() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys.db");
+    let keyring = || Keyring::parse(&format!("k1:{VEC_MASTER_B64}")).expect("keyring");
+    let vault = Vault::open(SqliteStore::open(&path).await.expect("store"), keyring())
+        .await
+        .expect("vault");
+    vault
+        .put("alice", "openai", "sk-good-0123")
+        .await
+        .expect("put");
+    drop(vault);
+
+    let master: [u8; 32] = base64_decode(VEC_MASTER_B64).try_into().expect("32 bytes");
+    let not_utf8 = b"sk-\xff\xfe-bad";
+    let sealed = seal_bytes(&master, "k1", "eve", "openai", not_utf8);
+    assert_eq!(
+        open_blob(&master, "k1", "eve", "openai", &sealed).as_deref(),
+        Some(&not_utf8[..])
+    );
+    let pool = raw_pool(&path).await;
+    sqlx::query(
+        "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, \
+         created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+    )
+    .bind("eve")
+    .bind("openai")
+    .bind("k1")
+    .bind(&sealed)
+    .bind("sk-\u{2026}")
+    .bind("00000000")
+    .bind(1_767_225_600_000_i64)
+    .bind(1_767_225_600_000_i64)
+    .execute(&pool)
+    .await
+    .expect("insert row");
+    pool.close().await;
+
+    let vault = Vault::open(SqliteStore::open(&path).await.expect("store"), keyring())
+        .await
+        .expect("vault");
+    let served = vault.get("eve", "openai").await;
+    assert_eq!(
+        served.expect_err("cannot be served").kind(),
+        ErrorKind::Decrypt
+    );
+    let report = vault.verify(|_| {}).await.expect("verify");
+    assert_eq!(report.opened, 1, "{report}");
+    assert_eq!(report.failed.len(), 1, "{report}");
+    assert_eq!(report.failed[0].kind, ErrorKind::Decrypt);
+    assert_eq!(report.failed[0].user_ref, vault.user_ref("eve"));
 }
