@@ -37,7 +37,7 @@ pub enum ErrorKind {
     /// record. Raised when the vault is opened, never at a user's first request.
     WrongMasterKey,
     /// A master key cannot be retired: rows are still sealed under it, or it is active.
-    KeyInUse,
+    MasterKeyInUse,
     /// The database failed or could not be reached.
     Store,
     /// The database schema is unknown to this version of the crate, or a migration failed.
@@ -62,7 +62,7 @@ impl ErrorKind {
             Self::Decrypt => "a stored key could not be decrypted",
             Self::UnknownMasterKey => "a stored key names a master key the keyring does not hold",
             Self::WrongMasterKey => "the master keyring cannot read this database",
-            Self::KeyInUse => "the master key is still in use",
+            Self::MasterKeyInUse => "the master key is still in use",
             Self::Store => "key store error",
             Self::Migration => "key store migration error",
             Self::Timeout => "operation timed out",

@@ -282,7 +282,7 @@ pub struct KeyInfo {
     /// A short keyed fingerprint: equal keys of one vault have equal fingerprints.
     pub fingerprint: String,
     /// The id of the master key the secret is sealed under.
-    pub key_id: String,
+    pub master_key_id: String,
     /// When the key was first stored.
     pub created_at: SystemTime,
     /// When the key was last replaced.

@@ -143,7 +143,7 @@ mod extract;
 pub mod import;
 pub mod keyring;
 mod keys;
-pub mod lifecycle;
+
 mod middleware;
 pub mod resolve;
 pub mod store;
@@ -156,7 +156,7 @@ pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::extract::KeysRejection;
 pub use crate::keyring::{Keyring, MasterKey};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
-pub use crate::lifecycle::{KeyUsage, Progress, RewrapReport, RowFailure, VerifyReport};
+
 pub use crate::middleware::{Byok, ByokBody, ByokLayer, DevEnvFallback, Rejection, ResponseFuture};
 #[cfg(feature = "postgres")]
 pub use crate::store::PostgresStore;
@@ -164,7 +164,10 @@ pub use crate::store::PostgresStore;
 pub use crate::store::SqliteStore;
 pub use crate::store::{AuditAction, AuditQuery, AuditRecord, KeyStore};
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
-pub use crate::vault::{Vault, VaultBuilder, DEFAULT_ACTOR};
+pub use crate::vault::{
+    MasterKeyUsage, Progress, RewrapReport, RowFailure, Vault, VaultBuilder, VerifyReport,
+    DEFAULT_ACTOR,
+};
 
 /// Internals exposed for the crate's own benchmarks only: not a public API, no semver.
 #[doc(hidden)]

@@ -103,7 +103,7 @@ async fn key_ids(vault: &Vault, user: &str) -> BTreeMap<String, String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|k| (k.provider, k.key_id))
+        .map(|k| (k.provider, k.master_key_id))
         .collect()
 }
 
@@ -212,10 +212,10 @@ async fn a_rewrap_killed_midway_continues_when_run_again(backend: Backend) {
     }
     running.abort();
     assert!(running.await.unwrap_err().is_cancelled());
-    let usage = vault.key_usage().await.unwrap();
+    let usage = vault.master_key_usage().await.unwrap();
     let under_old = usage
         .iter()
-        .find(|u| u.key_id == "old")
+        .find(|u| u.master_key_id == "old")
         .map_or(0, |u| u.rows);
     assert!(
         under_old > 0 && under_old < 300,
@@ -237,11 +237,11 @@ async fn a_rewrap_killed_midway_continues_when_run_again(backend: Backend) {
     assert_eq!(verify.opened, 300);
     assert_eq!(
         vault
-            .key_usage()
+            .master_key_usage()
             .await
             .unwrap()
             .iter()
-            .map(|u| u.key_id.as_str())
+            .map(|u| u.master_key_id.as_str())
             .collect::<Vec<_>>(),
         ["new"]
     );
@@ -371,12 +371,12 @@ async fn retiring_a_key_still_in_use_is_refused(backend: Backend) {
     seed(&db.open(old()).await.unwrap(), 3).await;
     let vault = db.open(both_new_active()).await.unwrap();
     assert_eq!(
-        vault.retire_key("old").await.unwrap_err().kind(),
-        ErrorKind::KeyInUse
+        vault.retire_master_key("old").await.unwrap_err().kind(),
+        ErrorKind::MasterKeyInUse
     );
     assert_eq!(
-        vault.retire_key("new").await.unwrap_err().kind(),
-        ErrorKind::KeyInUse,
+        vault.retire_master_key("new").await.unwrap_err().kind(),
+        ErrorKind::MasterKeyInUse,
         "active"
     );
     let mut seen = Vec::new();
@@ -385,14 +385,14 @@ async fn retiring_a_key_still_in_use_is_refused(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(seen, [(2, 6), (4, 6), (6, 6)]);
-    vault.retire_key("old").await.unwrap();
+    vault.retire_master_key("old").await.unwrap();
     assert_eq!(
-        vault.retire_key("old").await.unwrap_err().kind(),
+        vault.retire_master_key("old").await.unwrap_err().kind(),
         ErrorKind::InvalidKeyring,
         "twice"
     );
     assert_eq!(
-        vault.retire_key("typo").await.unwrap_err().kind(),
+        vault.retire_master_key("typo").await.unwrap_err().kind(),
         ErrorKind::InvalidKeyring
     );
     drop(vault);

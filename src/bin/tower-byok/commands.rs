@@ -296,7 +296,7 @@ fn rotate(current: &Keyring, id: &str, out: &Path) -> CmdResult {
 }
 
 async fn retire(vault: &Vault, key_id: &str, out: Option<&Path>) -> CmdResult {
-    vault.retire_key(key_id).await?;
+    vault.retire_master_key(key_id).await?;
     let keyring = vault.keyring();
     let rest: Vec<&MasterKey> = keyring
         .ids()
@@ -391,7 +391,7 @@ async fn list(vault: &Vault, user: &str) -> CmdResult {
                 k.provider.clone(),
                 k.masked.clone(),
                 k.fingerprint.clone(),
-                k.key_id.clone(),
+                k.master_key_id.clone(),
                 time::format(k.created_at),
                 time::format(k.updated_at),
                 expires,
@@ -516,13 +516,18 @@ async fn verify(vault: &Vault) -> CmdResult<VerifyReport> {
     let under_old: u64 = report
         .usage
         .iter()
-        .filter(|u| u.key_id != active)
+        .filter(|u| u.master_key_id != active)
         .map(|u| u.rows)
         .sum();
     let retirable: Vec<&str> = keyring
         .ids()
         .filter(|id| *id != active)
-        .filter(|id| !report.usage.iter().any(|u| u.key_id == *id && u.rows > 0))
+        .filter(|id| {
+            !report
+                .usage
+                .iter()
+                .any(|u| u.master_key_id == *id && u.rows > 0)
+        })
         .collect();
     if report.is_ok() {
         if under_old > 0 {
@@ -545,7 +550,7 @@ fn print_failures(failed: &[RowFailure]) {
     for f in failed {
         println!(
             "  does not open: provider {}, master key `{}`, user ref {}: {}",
-            f.provider, f.key_id, f.user_ref, f.kind
+            f.provider, f.master_key_id, f.user_ref, f.kind
         );
     }
 }
@@ -563,13 +568,16 @@ fn fail_on_unopened(failed: usize) -> CmdResult {
 }
 
 async fn usage(vault: &Vault) -> CmdResult {
-    let usage = vault.key_usage().await?;
+    let usage = vault.master_key_usage().await?;
     let keyring = vault.keyring();
     let active = keyring.active().id();
     let mut rows: Vec<Vec<String>> = keyring
         .ids()
         .map(|id| {
-            let keys = usage.iter().find(|u| u.key_id == id).map_or(0, |u| u.rows);
+            let keys = usage
+                .iter()
+                .find(|u| u.master_key_id == id)
+                .map_or(0, |u| u.rows);
             let status = if id == active { "active" } else { "in keyring" };
             vec![id.to_owned(), keys.to_string(), status.to_owned()]
         })
@@ -577,10 +585,10 @@ async fn usage(vault: &Vault) -> CmdResult {
     rows.extend(
         usage
             .iter()
-            .filter(|u| keyring.get(&u.key_id).is_none())
+            .filter(|u| keyring.get(&u.master_key_id).is_none())
             .map(|u| {
                 vec![
-                    u.key_id.clone(),
+                    u.master_key_id.clone(),
                     u.rows.to_string(),
                     "NOT in keyring".to_owned(),
                 ]

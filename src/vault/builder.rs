@@ -1,0 +1,174 @@
+//! Opening a vault: its settings, the migrations, and the proof that the keyring can
+//! read the database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use zeroize::Zeroizing;
+
+use super::{unix_ms, Inner, Vault, DEFAULT_ACTOR};
+use crate::cache::KeyCache;
+use crate::check::KeyCheck;
+use crate::crypto::{UserCipher, VaultSecret, CHECK_RECORD_SCOPE};
+use crate::error::{Error, ErrorKind, Result};
+use crate::keyring::Keyring;
+use crate::store::KeyStore;
+use crate::validate;
+
+/// Settings for opening a [`Vault`]; made by [`Vault::builder`].
+#[must_use]
+pub struct VaultBuilder<S> {
+    pub(super) checks: HashMap<String, Box<dyn KeyCheck>>,
+    pub(super) store: S,
+    pub(super) keyring: Keyring,
+    pub(super) cache_ttl: Duration,
+    pub(super) cache_capacity: u64,
+    pub(super) load_timeout: Duration,
+}
+
+impl<S: KeyStore> VaultBuilder<S> {
+    /// How long a user's keys stay cached after a load. Default 30 seconds.
+    ///
+    /// Writes through this process invalidate at once; this bounds how long another
+    /// instance sharing the database may serve a key that was replaced or deleted.
+    pub fn cache_ttl(mut self, ttl: Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// Adds a check that `provider`'s keys must pass before they are stored: see
+    /// [`check`](crate::check). One check per provider; a later call replaces it.
+    ///
+    /// # Panics
+    ///
+    /// When `provider` is not a valid provider name: a programming error.
+    pub fn check(mut self, provider: &str, check: impl KeyCheck) -> Self {
+        let provider = match validate::provider(provider) {
+            Ok(p) => p.into_owned(),
+            Err(e) => panic!("VaultBuilder::check: {e}"),
+        };
+        self.checks.insert(provider, Box::new(check));
+        self
+    }
+
+    /// How many users' key sets the cache holds at most. Default 100,000.
+    pub fn cache_capacity(mut self, users: u64) -> Self {
+        self.cache_capacity = users;
+        self
+    }
+
+    /// How long a cache miss may wait on the database before failing with
+    /// [`ErrorKind::Timeout`]. Default 3 seconds.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
+    /// Runs the migrations, then proves the keyring can read the database.
+    ///
+    /// On first use it writes a check record: the vault's own random secret sealed under
+    /// the active master key. Later opens must open it with some key of the keyring, and
+    /// every key of the keyring that has a check record must open its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::WrongMasterKey`] when the keyring cannot read the database;
+    /// [`ErrorKind::Migration`] or [`ErrorKind::Store`] when the database fails.
+    pub async fn open(self) -> Result<Vault> {
+        self.store.migrate().await?;
+        let secret = unlock(&self.store, &self.keyring).await?;
+        refuse_unreadable_rows(&self.store, &self.keyring).await?;
+        Ok(Vault {
+            inner: Arc::new(Inner {
+                checks: self.checks,
+                store: Box::new(self.store),
+                keyring: self.keyring,
+                secret,
+                cache: KeyCache::new(self.cache_ttl, self.cache_capacity, self.load_timeout),
+            }),
+            actor: DEFAULT_ACTOR.into(),
+        })
+    }
+}
+
+/// Reads (or on first use writes) the check records, and returns the vault secret.
+async fn unlock<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<VaultSecret> {
+    let (user, provider) = CHECK_RECORD_SCOPE;
+    let mut records = store.check_records().await?;
+    if records.is_empty() {
+        // First use: one fresh vault secret, sealed under every key of the keyring, so an
+        // instance started at the same moment with any of these keys reads the same one.
+        let fresh = VaultSecret::generate();
+        let sealed: Vec<(&str, Vec<u8>)> = keyring
+            .keys()
+            .map(|key| {
+                (
+                    key.id(),
+                    UserCipher::new(key, user).seal(user, provider, fresh.as_slice()),
+                )
+            })
+            .collect();
+        store
+            .add_check_records(&sealed, unix_ms(SystemTime::now()), true)
+            .await?;
+        // Another instance may have won the race to write the first records: read back.
+        records = store.check_records().await?;
+    }
+    let mut secret: Option<Zeroizing<Vec<u8>>> = None;
+    for (key_id, sealed) in &records {
+        let Some(master) = keyring.get(key_id) else {
+            continue;
+        };
+        let opened = UserCipher::new(master, user)
+            .open(user, provider, sealed)
+            .map_err(|_| {
+                Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
+                    "master key `{key_id}` of the keyring is not the key this database was sealed with"
+                ))
+            })?;
+        match &secret {
+            Some(first) if **first != *opened => {
+                return Err(Error::new(ErrorKind::WrongMasterKey)
+                    .with_detail("the database's check records disagree"))
+            }
+            Some(_) => {}
+            None => secret = Some(opened),
+        }
+    }
+    let Some(secret) = secret else {
+        let stored: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
+        return Err(Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
+            "the keyring holds none of the master keys this database was sealed with ({})",
+            stored.join(", ")
+        )));
+    };
+    let active = keyring.active();
+    if !records.iter().any(|(id, _)| id == active.id()) {
+        let sealed = UserCipher::new(active, user).seal(user, provider, &secret);
+        store
+            .add_check_records(&[(active.id(), sealed)], unix_ms(SystemTime::now()), false)
+            .await?;
+    }
+    VaultSecret::from_bytes(&secret)
+}
+
+/// Refuses a keyring that lacks a master key some stored rows are sealed under: those
+/// users' requests would all fail, so it is a configuration error, found at start-up.
+async fn refuse_unreadable_rows<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<()> {
+    let missing: Vec<String> = store
+        .key_usage()
+        .await?
+        .into_iter()
+        .filter(|(id, count)| *count > 0 && keyring.get(id).is_none())
+        .map(|(id, count)| format!("{count} under `{id}`"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
+        "stored keys are sealed under master keys the keyring does not hold ({}): \
+         put those keys back into the keyring, after the active one",
+        missing.join(", ")
+    )))
+}

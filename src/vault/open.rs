@@ -1,0 +1,67 @@
+//! The one place a stored row is opened: for requests, direct reads, verify and rewrap.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use zeroize::Zeroizing;
+
+use super::{from_unix_ms, Inner};
+use crate::crypto::UserCipher;
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::{KeySource, ProviderKey};
+use crate::store::StoredKey;
+
+/// Opens rows of one user, deriving the user's cipher once per master key.
+pub(super) struct Opener<'a> {
+    inner: &'a Inner,
+    user_id: &'a str,
+    ciphers: HashMap<&'a str, UserCipher<'a>>,
+}
+
+impl<'a> Opener<'a> {
+    pub(super) fn new(inner: &'a Inner, user_id: &'a str) -> Self {
+        Self {
+            inner,
+            user_id,
+            ciphers: HashMap::new(),
+        }
+    }
+
+    /// The key as a request is served it, or `None` when it has expired.
+    pub(super) fn open(&mut self, row: &StoredKey, now: SystemTime) -> Result<Option<ProviderKey>> {
+        let expires_at = row.expires_at.map(from_unix_ms);
+        if expires_at.is_some_and(|at| at <= now) {
+            return Ok(None);
+        }
+        let secret = self.open_secret(row)?;
+        Ok(Some(ProviderKey::new(
+            row.provider.as_str(),
+            secret,
+            KeySource::Database,
+            expires_at,
+        )))
+    }
+
+    /// The secret of a row, expired or not: [`ErrorKind::UnknownMasterKey`] when the
+    /// keyring lacks its master key, [`ErrorKind::Decrypt`] when it does not open or does
+    /// not hold UTF-8 (FORMAT.md §7), exactly as serving it would fail.
+    pub(super) fn open_secret(&mut self, row: &StoredKey) -> Result<Zeroizing<String>> {
+        let Some(master) = self.inner.keyring.get(&row.key_id) else {
+            tracing::error!(key_id = %row.key_id, provider = %row.provider, "a stored key names a master key the keyring does not hold");
+            return Err(Error::new(ErrorKind::UnknownMasterKey));
+        };
+        let user_id = self.user_id;
+        let cipher = self
+            .ciphers
+            .entry(master.id())
+            .or_insert_with(|| UserCipher::new(master, user_id));
+        cipher.open_text(user_id, &row.provider, &row.sealed).inspect_err(|_| {
+            tracing::error!(
+                user_ref = %self.inner.secret.user_ref(user_id),
+                provider = %row.provider,
+                key_id = %row.key_id,
+                "a stored key failed to decrypt: tampered with, moved, or sealed under another key"
+            );
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! Changing keys: store, replace, expire, delete, purge. Each change runs to its end in
+//! a task of its own, with its audit record in the same transaction, then invalidates
+//! the user's cached keys.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{unix_ms, Inner, Vault, PAGE};
+use crate::crypto::UserCipher;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{AuditAction, AuditRecord, StoredKey};
+use crate::validate;
+
+impl Vault {
+    /// Stores a user's key for a provider, replacing any earlier one.
+    ///
+    /// The provider name is lowercased; the secret is sealed under the active master key
+    /// and written with its audit record in one transaction. Returns
+    /// [`AuditAction::Put`] or [`AuditAction::Replace`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidUserId`], [`ErrorKind::InvalidProvider`] or
+    /// [`ErrorKind::InvalidSecret`] before anything is written; [`ErrorKind::Store`]
+    /// when the database fails, in which case nothing is written.
+    pub async fn put(&self, user_id: &str, provider: &str, secret: &str) -> Result<AuditAction> {
+        self.write(user_id, provider, secret, None).await
+    }
+
+    /// Stores a key that stops being served at `expires_at`, e.g. a key pasted for one
+    /// session or a trial key. Otherwise as [`put`](Self::put).
+    ///
+    /// # Errors
+    ///
+    /// As [`put`](Self::put).
+    pub async fn put_expiring(
+        &self,
+        user_id: &str,
+        provider: &str,
+        secret: &str,
+        expires_at: SystemTime,
+    ) -> Result<AuditAction> {
+        self.write(user_id, provider, secret, Some(expires_at))
+            .await
+    }
+
+    async fn write(
+        &self,
+        user_id: &str,
+        provider: &str,
+        secret: &str,
+        expires_at: Option<SystemTime>,
+    ) -> Result<AuditAction> {
+        let user_id = validate::user_id(user_id)?;
+        let provider = validate::provider(provider)?;
+        validate::secret(secret)?;
+        if let Some(check) = self.inner.checks.get(provider.as_ref()) {
+            check.check_format(secret).map_err(|reason| {
+                Error::new(ErrorKind::InvalidSecret).with_detail(format!("{provider}: {reason}"))
+            })?;
+            check.check_live(secret).await.map_err(|reason| {
+                Error::new(ErrorKind::KeyRejected).with_detail(format!("{provider}: {reason}"))
+            })?;
+        }
+        let cipher = UserCipher::new(self.inner.keyring.active(), user_id);
+        let now = unix_ms(SystemTime::now());
+        let row = StoredKey {
+            user_id: user_id.to_owned(),
+            provider: provider.clone().into_owned(),
+            key_id: cipher.key_id().to_owned(),
+            sealed: cipher.seal(user_id, &provider, secret.as_bytes()),
+            hint: validate::mask(secret),
+            fingerprint: self.inner.secret.fingerprint(secret),
+            created_at: now,
+            updated_at: now,
+            expires_at: expires_at.map(unix_ms),
+        };
+        let audit = self.audit(user_id, now);
+        let user_ref = audit.user_ref.clone();
+        let action = self
+            .detached_write(Some(user_id), move |inner| async move {
+                inner.store.upsert(&row, &audit).await
+            })
+            .await?;
+        tracing::debug!(user_ref = %user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
+        Ok(action)
+    }
+
+    /// Runs a write to its end in a task of its own, then forgets `user_id`'s cached
+    /// keys, whatever the outcome.
+    ///
+    /// A request whose client disconnects is dropped at its next `.await`; a write
+    /// dropped inside its transaction can leave a pooled connection in that transaction
+    /// (for SQLite, holding the write lock), and a cache invalidated before a commit that
+    /// still lands could be refilled with the old keys. In its own task, the write
+    /// commits or rolls back, and the invalidation comes after it, even if no one waits.
+    pub(crate) async fn detached_write<T, F, Fut>(
+        &self,
+        user_id: Option<&str>,
+        write: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let user = user_id.map(str::to_owned);
+        let write = write(self.inner.clone());
+        tokio::spawn(async move {
+            let result = write.await;
+            if let Some(user) = user {
+                inner.cache.invalidate(&user);
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::Store)
+                .with_detail("a write task failed")
+                .with_source(e)
+        })?
+    }
+
+    pub(crate) fn audit(&self, user_id: &str, at: i64) -> AuditRecord {
+        AuditRecord {
+            at,
+            user_ref: self.inner.secret.user_ref(user_id),
+            provider: String::new(),
+            action: AuditAction::Put,
+            actor: self.actor.to_string(),
+        }
+    }
+
+    /// Deletes one key of a user; returns whether there was one.
+    ///
+    /// # Errors
+    ///
+    /// Input and store errors as [`put`](Self::put).
+    pub async fn delete(&self, user_id: &str, provider: &str) -> Result<bool> {
+        let user_id = validate::user_id(user_id)?;
+        let provider = validate::provider(provider)?;
+        Ok(!self.remove(user_id, Some(&provider)).await?.is_empty())
+    }
+
+    /// Deletes all keys of a user; returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// Input and store errors as [`put`](Self::put).
+    pub async fn delete_all(&self, user_id: &str) -> Result<usize> {
+        let user_id = validate::user_id(user_id)?;
+        Ok(self.remove(user_id, None).await?.len())
+    }
+
+    async fn remove(&self, user_id: &str, provider: Option<&str>) -> Result<Vec<String>> {
+        let audit = self.audit(user_id, unix_ms(SystemTime::now()));
+        let user_ref = audit.user_ref.clone();
+        let (user, provider) = (user_id.to_owned(), provider.map(str::to_owned));
+        let deleted = self
+            .detached_write(Some(user_id), move |inner| async move {
+                inner.store.delete(&user, provider.as_deref(), &audit).await
+            })
+            .await?;
+        tracing::debug!(user_ref = %user_ref, deleted = deleted.len(), "deleted provider keys");
+        Ok(deleted)
+    }
+
+    /// Sets when a key stops being served, or clears it back to never (`None`). Takes
+    /// effect at once in this process, its cache included; other instances see it when
+    /// their cached entry for the user expires (the cache TTL). Returns whether the key
+    /// exists.
+    ///
+    /// # Errors
+    ///
+    /// Input and store errors as [`put`](Self::put).
+    pub async fn set_expiry(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expires_at: Option<SystemTime>,
+    ) -> Result<bool> {
+        let user_id = validate::user_id(user_id)?;
+        let provider = validate::provider(provider)?;
+        let audit = self.audit(user_id, unix_ms(SystemTime::now()));
+        let (user, provider) = (user_id.to_owned(), provider.into_owned());
+        self.detached_write(Some(user_id), move |inner| async move {
+            inner
+                .store
+                .set_expiry(&user, &provider, expires_at.map(unix_ms), &audit)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes every key whose expiry has passed, auditing each as
+    /// [`AuditAction::Purge`](crate::AuditAction::Purge); returns how many. Expired keys
+    /// are never served anyway: this reclaims the rows. Run it on a schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Store`] when the database fails; keys purged until then stay purged.
+    pub async fn purge_expired(&self) -> Result<usize> {
+        let mut purged = 0;
+        loop {
+            let now = unix_ms(SystemTime::now());
+            let expired = self.inner.store.expired_keys(now, PAGE).await?;
+            if expired.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for (user_id, provider) in &expired {
+                let audit = self.audit(user_id, now);
+                let (user, provider) = (user_id.clone(), provider.clone());
+                let deleted = self
+                    .detached_write(Some(user_id), move |inner| async move {
+                        inner
+                            .store
+                            .delete_expired(&user, &provider, now, &audit)
+                            .await
+                    })
+                    .await?;
+                if deleted {
+                    purged += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                // Every key of the page was changed meanwhile (extended or replaced).
+                break;
+            }
+        }
+        tracing::info!(purged, "purged expired keys");
+        Ok(purged)
+    }
+}
