@@ -109,8 +109,29 @@ impl Error {
         self
     }
 
-    pub(crate) fn store(source: impl Into<BoxError>) -> Self {
+    /// A database failure, for [`KeyStore`](crate::KeyStore) implementations outside this
+    /// crate: kind [`ErrorKind::Store`], with `source` as [`source`](StdError::source).
+    ///
+    /// The layer answers such a failure with `503` and retries at the next request. The
+    /// source is never shown in [`Display`](fmt::Display); it must not hold a secret.
+    ///
+    /// ```
+    /// use tower_byok::{Error, ErrorKind};
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "replica unreachable");
+    /// let err = Error::store(io);
+    /// assert_eq!(err.kind(), ErrorKind::Store);
+    /// assert!(std::error::Error::source(&err).is_some());
+    /// assert!(!err.to_string().contains("replica"), "the source stays out of the message");
+    /// ```
+    pub fn store(source: impl Into<BoxError>) -> Self {
         Self::new(ErrorKind::Store).with_source(source)
+    }
+
+    /// A schema failure of a [`KeyStore`](crate::KeyStore) implementation (an unknown or
+    /// failed migration): kind [`ErrorKind::Migration`], with `source`.
+    pub fn migration(source: impl Into<BoxError>) -> Self {
+        Self::new(ErrorKind::Migration).with_source(source)
     }
 
     /// What went wrong.

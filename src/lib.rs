@@ -123,6 +123,27 @@
 //!   an older blob of the same user and provider. The cache serves a key replaced by
 //!   another instance for up to its TTL (30 s by default).
 //!
+//! # Where things are
+//!
+//! A request's keys come from, in order of the call:
+//!
+//! | file | what it does |
+//! |---|---|
+//! | `src/middleware/` | [`ByokLayer`] (`layer.rs`) → [`Byok`] (`service.rs`) → [`ResponseFuture`] (`future.rs`); `config.rs` and `rejection.rs` are what both use |
+//! | `src/resolve.rs` | who the user is: [`resolve::ResolveUser`] and its ready-made resolvers |
+//! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
+//! | `src/cache.rs` | the per-user cache: single-flight loads, invalidation, TTL |
+//! | `src/store/` | the [`KeyStore`] trait and its SQLite and PostgreSQL backends |
+//! | `src/vault/open.rs`, `src/crypto.rs` | decrypting a row: the per-user key, XChaCha20-Poly1305 |
+//! | `src/keys.rs` | what handlers get: [`UserKeys`], [`ProviderKey`] |
+//! | `src/extract.rs` | the axum extractor |
+//!
+//! Beside the request path: `src/vault/write.rs` (storing and deleting keys),
+//! `src/vault/rotation.rs` (master-key rotation), `src/keyring.rs` (master keys),
+//! `src/check.rs` (checks before save), `src/import.rs` (legacy files) and
+//! `src/bin/tower-byok/` (the admin CLI). `tests/architecture.rs` keeps the modules free
+//! of import cycles.
+//!
 //! # Features
 //!
 //! - `sqlite` (default): [`SqliteStore`], a file in WAL mode or in memory.
@@ -147,6 +168,7 @@ mod keys;
 mod middleware;
 pub mod resolve;
 pub mod store;
+mod time;
 mod validate;
 mod vault;
 

@@ -13,6 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::error::Result;
+use crate::time::now_ms;
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -419,10 +420,6 @@ fn checksum(sql: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn now_ms() -> i64 {
-    crate::vault::unix_ms(std::time::SystemTime::now())
 }
 
 /// The queries both SQL backends share, written once. `$pool` is an expression for the

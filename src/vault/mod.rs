@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::cache::KeyCache;
 use crate::check::KeyCheck;
@@ -18,6 +18,7 @@ use crate::crypto::VaultSecret;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::Keyring;
 use crate::store::{DynStore, KeyStore};
+pub(crate) use crate::time::{from_unix_ms, unix_ms};
 
 mod builder;
 mod open;
@@ -175,26 +176,4 @@ impl fmt::Debug for Vault {
             .field("actor", &self.actor)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn unix_ms(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-    }
-}
-
-pub(crate) fn from_unix_ms(ms: i64) -> SystemTime {
-    // Checked: a stored value out of the platform's range clamps instead of panicking.
-    let d = Duration::from_millis(ms.unsigned_abs());
-    let t = if ms >= 0 {
-        UNIX_EPOCH.checked_add(d)
-    } else {
-        UNIX_EPOCH.checked_sub(d)
-    };
-    t.unwrap_or(if ms >= 0 {
-        UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX))
-    } else {
-        UNIX_EPOCH
-    })
 }
