@@ -136,6 +136,16 @@ struct Shared {
     generations: [u64; STRIPES],
 }
 
+/// The per-user key cache of one [`Vault`](crate::Vault) and all its clones.
+///
+/// Guarantees, each checked by a unit test below:
+/// - an entry is served at most until the TTL or its earliest key expiry, whichever
+///   comes first, whatever moka's housekeeping is doing;
+/// - at most about its capacity of users is served from it;
+/// - concurrent misses of one user share one load; a waiter whose leader is cancelled
+///   runs the load itself; a failed load's error goes to every waiter and is not cached;
+/// - after [`invalidate`](Self::invalidate) returns, no load that began before it puts
+///   its keys into the cache.
 pub(crate) struct KeyCache {
     index: Arc<Index>,
     /// The policy: who stays, for how long. Its evictions remove index entries.
@@ -384,6 +394,211 @@ mod tests {
         assert!(
             cache.get("user-0-0").is_none(),
             "expired entries are never served"
+        );
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    use crate::keys::ProviderKey;
+
+    fn keys(secret: &str) -> UserKeys {
+        [ProviderKey::from_secret("openai", secret).unwrap()]
+            .into_iter()
+            .collect()
+    }
+
+    /// A cache under test, with a count of the loads that reached "the database".
+    fn cache(ttl: Duration, capacity: u64) -> (Arc<KeyCache>, Arc<AtomicUsize>) {
+        let cache = Arc::new(KeyCache::new(ttl, capacity, Duration::from_secs(5)));
+        (cache, Arc::new(AtomicUsize::new(0)))
+    }
+
+    async fn load(
+        cache: &KeyCache,
+        loads: &AtomicUsize,
+        user: &str,
+        result: Result<UserKeys, ErrorKind>,
+    ) -> Result<UserKeys, ErrorKind> {
+        cache
+            .get_or_load(user, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                result.map_err(Error::new)
+            })
+            .await
+    }
+
+    /// Lets the spawned policy inserts run, then moka's housekeeping.
+    async fn settle(cache: &KeyCache) {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        cache.policy.run_pending_tasks();
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_what_is_served() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 20);
+        for i in 0..500 {
+            load(&cache, &loads, &format!("user-{i}"), Ok(keys("sk-1")))
+                .await
+                .unwrap();
+            if i % 50 == 49 {
+                settle(&cache).await;
+            }
+        }
+        settle(&cache).await;
+        let cached = (0..500)
+            .filter(|i| cache.get(&format!("user-{i}")).is_some())
+            .count();
+        assert!(
+            cached <= 20 + 20 / 4,
+            "{cached} of 500 users cached, capacity 20"
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 500);
+    }
+
+    #[tokio::test]
+    async fn entries_end_at_the_ttl() {
+        let (cache, loads) = cache(Duration::from_millis(50), 100);
+        load(&cache, &loads, "u", Ok(keys("sk-1"))).await.unwrap();
+        assert!(cache.get("u").is_some());
+        load(&cache, &loads, "u", Ok(keys("sk-1"))).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "a hit does not load");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(cache.get("u").is_none(), "past the TTL, nothing is served");
+        load(&cache, &loads, "u", Ok(keys("sk-2"))).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn an_entry_ends_at_its_earliest_key_expiry() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        let expiring: UserKeys = [ProviderKey::from_secret("openai", "sk-1")
+            .unwrap()
+            .with_expiry(SystemTime::now() + Duration::from_millis(50))]
+        .into_iter()
+        .collect();
+        load(&cache, &loads, "u", Ok(expiring)).await.unwrap();
+        assert!(cache.get("u").is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(
+            cache.get("u").is_none(),
+            "an expired key is never served from the cache"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_load_that_raced_an_invalidation_is_not_cached() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let started = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let (cache, started) = (cache.clone(), started.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("u", || async move {
+                        started.notify_one();
+                        gate.await.unwrap();
+                        Ok(keys("sk-old"))
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        cache.invalidate("u"); // a write landed while the old keys were being read
+        release.send(()).unwrap();
+        let old = task.await.unwrap().unwrap();
+        assert_eq!(old.get("openai").unwrap().expose_secret(), "sk-old");
+        assert!(
+            cache.get("u").is_none(),
+            "the raced load must not be cached"
+        );
+        let new = load(&cache, &loads, "u", Ok(keys("sk-new"))).await.unwrap();
+        assert_eq!(new.get("openai").unwrap().expose_secret(), "sk-new");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_over_when_the_leader_is_cancelled() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        let started = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (cache, started, loads) = (cache.clone(), started.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("u", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        started.notify_one();
+                        std::future::pending::<()>().await;
+                        Ok(keys("never"))
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let waiter = {
+            let (cache, loads) = (cache.clone(), loads.clone());
+            tokio::spawn(async move { load(&cache, &loads, "u", Ok(keys("sk-1"))).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            1,
+            "the waiter joined the leader's load"
+        );
+        leader.abort();
+        let keys = waiter.await.unwrap().unwrap();
+        assert_eq!(keys.get("openai").unwrap().expose_secret(), "sk-1");
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "the waiter ran the load itself"
+        );
+        assert!(cache.get("u").is_some());
+    }
+
+    #[tokio::test]
+    async fn every_waiter_gets_the_error_of_a_failed_load_and_it_is_not_cached() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let started = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (cache, started, loads) = (cache.clone(), started.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("u", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        started.notify_one();
+                        gate.await.unwrap();
+                        Err(Error::new(ErrorKind::Store))
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (cache, loads) = (cache.clone(), loads.clone());
+                tokio::spawn(async move { load(&cache, &loads, "u", Ok(keys("unused"))).await })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        assert_eq!(leader.await.unwrap().unwrap_err(), ErrorKind::Store);
+        for waiter in waiters {
+            assert_eq!(waiter.await.unwrap().unwrap_err(), ErrorKind::Store);
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "one load for all four");
+        assert!(cache.get("u").is_none(), "errors are never cached");
+        load(&cache, &loads, "u", Ok(keys("sk-1"))).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "the next request tries again"
         );
     }
 }
