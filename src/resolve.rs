@@ -84,7 +84,9 @@ where
 ///
 /// **Only behind a trusted hop**: use this when a gateway in front of the application
 /// authenticates the user, strips any such header the client sent, and sets its own.
-/// Exposed directly to clients, it lets anyone claim to be anyone.
+/// Exposed directly to clients, it lets anyone claim to be anyone. The value is trimmed;
+/// a value that is not visible ASCII/UTF-8, or a header sent more than once, names no
+/// user.
 ///
 /// ```
 /// use tower_byok::resolve::FromHeader;
@@ -117,7 +119,14 @@ impl FromHeader {
 
 impl<B> ResolveUser<B> for FromHeader {
     fn resolve<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
-        let value = request.headers().get(&self.name)?.to_str().ok()?.trim();
+        // A header sent twice names no user: which copy the gateway meant is unknown, and
+        // an appended copy must never pick the user.
+        let mut values = request.headers().get_all(&self.name).iter();
+        let value = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        let value = value.to_str().ok()?.trim();
         (!value.is_empty()).then_some(Cow::Borrowed(value))
     }
 }

@@ -11,11 +11,19 @@ pub const MAX_PROVIDER_LEN: usize = 64;
 /// The largest secret accepted, in bytes: room for a cloud service-account JSON file.
 pub const MAX_SECRET_LEN: usize = 16 * 1024;
 
+/// A user id is 1 to 255 bytes with no control character (NUL included: PostgreSQL
+/// cannot store it) and no whitespace at either end (`"alice "` would be another user
+/// than `"alice"`, which invites mix-ups).
 pub(crate) fn user_id(id: &str) -> Result<&str> {
+    let bad = |why: &'static str| Error::new(ErrorKind::InvalidUserId).with_detail(why);
     if id.is_empty() || id.len() > MAX_USER_ID_LEN {
-        return Err(
-            Error::new(ErrorKind::InvalidUserId).with_detail("a user id must be 1 to 255 bytes")
-        );
+        return Err(bad("a user id must be 1 to 255 bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(bad("a user id must not contain control characters"));
+    }
+    if id.trim() != id {
+        return Err(bad("a user id must not start or end with whitespace"));
     }
     Ok(id)
 }
