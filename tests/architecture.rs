@@ -45,6 +45,23 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every source file with its path relative to `src/`, `/`-separated.
+fn src_files() -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(src())
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            (f, rel)
+        })
+        .collect()
+}
+
 /// The code of a file without its comments (doc links are not imports) and without
 /// its `#[cfg(test)]` tail.
 fn code(path: &Path) -> String {
@@ -219,16 +236,9 @@ fn the_files_of_a_module_directory_import_each_other_one_way() {
 
 #[test]
 fn no_source_file_is_over_the_line_limit_without_a_reason() {
-    let mut files = Vec::new();
-    rust_files(&src(), &mut files);
     let mut long = Vec::new();
-    for file in &files {
-        let rel = file
-            .strip_prefix(src())
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
-        let lines = fs::read_to_string(file).unwrap().lines().count();
+    for (file, rel) in src_files() {
+        let lines = fs::read_to_string(&file).unwrap().lines().count();
         if lines > MAX_LINES && !LONG_FILES.iter().any(|(f, _)| *f == rel) {
             long.push(format!("src/{rel}: {lines} lines"));
         }
@@ -238,18 +248,11 @@ fn no_source_file_is_over_the_line_limit_without_a_reason() {
 
 #[test]
 fn no_sql_inside_a_macro() {
-    let mut files = Vec::new();
-    rust_files(&src(), &mut files);
-    for file in &files {
-        let rel = file
-            .strip_prefix(src())
-            .unwrap()
-            .to_string_lossy()
-            .replace('\\', "/");
+    for (file, rel) in src_files() {
         if SQL_MACROS.contains(&rel.as_str()) {
             continue;
         }
-        let text = fs::read_to_string(file).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
         for (i, _) in text.match_indices("macro_rules!") {
             let body = &text[i..];
             let end = body.find("\n}\n").unwrap_or(body.len());

@@ -574,21 +574,14 @@ async fn the_documented_test_vectors_hold_both_ways() {
         .execute(&pool)
         .await
         .expect("insert check record");
-    sqlx::query(
-        "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, \
-         created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+    insert_row(
+        &pool,
+        ("alice", "openai", "k1"),
+        &blob,
+        &mask(VEC_PLAINTEXT),
+        VEC_FINGERPRINT,
     )
-    .bind("alice")
-    .bind("openai")
-    .bind("k1")
-    .bind(&blob)
-    .bind(mask(VEC_PLAINTEXT))
-    .bind(VEC_FINGERPRINT)
-    .bind(1_767_225_600_000_i64)
-    .bind(1_767_225_600_000_i64)
-    .execute(&pool)
-    .await
-    .expect("insert row");
+    .await;
     pool.close().await;
 
     let vault = Vault::open(SqliteStore::open(&path).await.expect("store"), keyring())
@@ -684,6 +677,31 @@ fn keyring_files_the_cli_writes_parse_with_the_documented_recipe() {
     assert_eq!(by_sketch, by_rust);
 }
 
+/// Writes a row by hand, as another implementation of the format would.
+async fn insert_row(
+    pool: &SqlitePool,
+    (user_id, provider, key_id): (&str, &str, &str),
+    sealed: &[u8],
+    hint: &str,
+    fingerprint: &str,
+) {
+    sqlx::query(
+        "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, \
+         created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+    )
+    .bind(user_id)
+    .bind(provider)
+    .bind(key_id)
+    .bind(sealed)
+    .bind(hint)
+    .bind(fingerprint)
+    .bind(1_767_225_600_000_i64)
+    .bind(1_767_225_600_000_i64)
+    .execute(pool)
+    .await
+    .expect("insert row");
+}
+
 /// Seals `plaintext` by the recipe: what another implementation of the format writes.
 fn seal_bytes(
     master: &[u8; 32],
@@ -732,21 +750,14 @@ async fn verify_reports_a_row_whose_plaintext_is_not_utf8() {
         Some(&not_utf8[..])
     );
     let pool = raw_pool(&path).await;
-    sqlx::query(
-        "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, \
-         created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+    insert_row(
+        &pool,
+        ("eve", "openai", "k1"),
+        &sealed,
+        "sk-\u{2026}",
+        "00000000",
     )
-    .bind("eve")
-    .bind("openai")
-    .bind("k1")
-    .bind(&sealed)
-    .bind("sk-\u{2026}")
-    .bind("00000000")
-    .bind(1_767_225_600_000_i64)
-    .bind(1_767_225_600_000_i64)
-    .execute(&pool)
-    .await
-    .expect("insert row");
+    .await;
     pool.close().await;
 
     let vault = Vault::open(SqliteStore::open(&path).await.expect("store"), keyring())

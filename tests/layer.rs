@@ -402,14 +402,20 @@ async fn dev_env_fallback_is_off_unless_turned_on(backend: Backend) {
     std::env::remove_var(&db_var);
 }
 
-async fn undecryptable_keys_answer_500_and_never_fall_back(backend: Backend) {
-    let db = TestDb::new(backend).await;
+/// Users a and b with an OpenAI key each, b's row then holding a's blob.
+async fn a_and_b_holding_a_blob(db: &TestDb) -> Vault {
     let vault = db.open(keyring()).await.unwrap();
     vault.put("a", "openai", "sk-a").await.unwrap();
     vault.put("b", "openai", "sk-b").await.unwrap();
-    // b's row now holds a's blob: it must fail, never serve a's key, never fall back.
     let a_blob = db.blob("a", "openai").await;
     db.set_blob("b", "openai", &a_blob).await;
+    vault
+}
+
+async fn undecryptable_keys_answer_500_and_never_fall_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // b's row holds a's blob: it must fail, never serve a's key, never fall back.
+    let vault = a_and_b_holding_a_blob(&db).await;
     let var = format!("TOWER_BYOK_TEST_FALLBACK_{}", std::process::id());
     std::env::set_var(&var, "sk-from-env");
     let fallback = DevEnvFallback::new().provider("openai", &var);
@@ -425,11 +431,7 @@ async fn undecryptable_keys_answer_500_and_never_fall_back(backend: Backend) {
 async fn every_rejection_carries_its_kind_and_takes_a_custom_body(backend: Backend) {
     use tower::ServiceExt;
     let db = TestDb::new(backend).await;
-    let vault = db.open(keyring()).await.unwrap();
-    vault.put("a", "openai", "sk-a").await.unwrap();
-    vault.put("b", "openai", "sk-b").await.unwrap();
-    let a_blob = db.blob("a", "openai").await;
-    db.set_blob("b", "openai", &a_blob).await;
+    let vault = a_and_b_holding_a_blob(&db).await;
     let base = || {
         layer(&vault)
             .with_require_user(true)
