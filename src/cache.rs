@@ -428,6 +428,32 @@ mod tests {
             .await
     }
 
+    /// Starts a load of user `u` that counts itself, waits on `gate`, then gives
+    /// `result`; returns once the load has begun.
+    async fn spawn_leader(
+        cache: &Arc<KeyCache>,
+        loads: &Arc<AtomicUsize>,
+        gate: impl Future<Output = ()> + Send + 'static,
+        result: Result<UserKeys, ErrorKind>,
+    ) -> tokio::task::JoinHandle<Result<UserKeys, ErrorKind>> {
+        let started = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (cache, started, loads) = (cache.clone(), started.clone(), loads.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_load("u", || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        started.notify_one();
+                        gate.await;
+                        result.map_err(Error::new)
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        leader
+    }
+
     /// Lets the spawned policy inserts run, then moka's housekeeping.
     async fn settle(cache: &KeyCache) {
         for _ in 0..10 {
@@ -521,21 +547,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_takes_over_when_the_leader_is_cancelled() {
         let (cache, loads) = cache(Duration::from_secs(3600), 100);
-        let started = Arc::new(tokio::sync::Notify::new());
-        let leader = {
-            let (cache, started, loads) = (cache.clone(), started.clone(), loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load("u", || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        started.notify_one();
-                        std::future::pending::<()>().await;
-                        Ok(keys("never"))
-                    })
-                    .await
-            })
-        };
-        started.notified().await;
+        let leader = spawn_leader(&cache, &loads, std::future::pending(), Ok(keys("never"))).await;
         let waiter = {
             let (cache, loads) = (cache.clone(), loads.clone());
             tokio::spawn(async move { load(&cache, &loads, "u", Ok(keys("sk-1"))).await })
@@ -563,21 +575,8 @@ mod tests {
     async fn every_waiter_gets_the_error_of_a_failed_load_and_it_is_not_cached() {
         let (cache, loads) = cache(Duration::from_secs(3600), 100);
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
-        let started = Arc::new(tokio::sync::Notify::new());
-        let leader = {
-            let (cache, started, loads) = (cache.clone(), started.clone(), loads.clone());
-            tokio::spawn(async move {
-                cache
-                    .get_or_load("u", || async move {
-                        loads.fetch_add(1, Ordering::SeqCst);
-                        started.notify_one();
-                        gate.await.unwrap();
-                        Err(Error::new(ErrorKind::Store))
-                    })
-                    .await
-            })
-        };
-        started.notified().await;
+        let gate = async { gate.await.unwrap() };
+        let leader = spawn_leader(&cache, &loads, gate, Err(ErrorKind::Store)).await;
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let (cache, loads) = (cache.clone(), loads.clone());
