@@ -109,7 +109,7 @@ impl Error {
         self
     }
 
-    /// A database failure, for [`KeyStore`](crate::KeyStore) implementations outside this
+    /// A database failure, for [`KeyStore`](crate::store::KeyStore) implementations outside this
     /// crate: kind [`ErrorKind::Store`], with `source` as [`source`](StdError::source).
     ///
     /// The layer answers such a failure with `503` and retries at the next request. The
@@ -128,7 +128,7 @@ impl Error {
         Self::new(ErrorKind::Store).with_source(source)
     }
 
-    /// A schema failure of a [`KeyStore`](crate::KeyStore) implementation (an unknown or
+    /// A schema failure of a [`KeyStore`](crate::store::KeyStore) implementation (an unknown or
     /// failed migration): kind [`ErrorKind::Migration`], with `source`.
     pub fn migration(source: impl Into<BoxError>) -> Self {
         Self::new(ErrorKind::Migration).with_source(source)

@@ -1,22 +1,4 @@
 //! Master keys and the keyring that holds them.
-//!
-//! # Text format
-//!
-//! A keyring is written as entries separated by newlines or commas. Each entry is
-//! `<id>:<key>`, where `<id>` is 1 to 64 characters of `[A-Za-z0-9_.-]` and `<key>` is
-//! 32 bytes in standard base64 (with or without padding). Blank entries and lines
-//! starting with `#` are ignored. **The first entry is the active key**: new secrets are
-//! sealed with it. Every entry can open secrets sealed under it, so rotating is a
-//! matter of putting a new key first and keeping the old ones after it.
-//!
-//! ```text
-//! # generated 2026-11-22; the first key is active
-//! k2:6y7mQ1o0m7cQ0l1Yq1b9kV4mP2x3r5t7u9w1y3z5A7E=
-//! k1:Qm9vdHN0cmFwIGtleSBmb3IgZG9jcyBvbmx5ISEhISE=
-//! ```
-//!
-//! The same text fits in one environment variable with commas:
-//! `BYOK_MASTER_KEYS="k2:...,k1:..."`.
 
 use std::fmt;
 use std::path::Path;
@@ -131,7 +113,7 @@ impl fmt::Debug for MasterKey {
 
 /// One or more master keys: the first is active for new encryptions, all of them open.
 ///
-/// Cheap to clone. See the [module docs](crate::keyring) for the text format.
+/// Cheap to clone.
 ///
 /// ```
 /// use tower_byok::{Keyring, MasterKey};
@@ -144,6 +126,24 @@ impl fmt::Debug for MasterKey {
 /// assert_eq!(keyring.ids().collect::<Vec<_>>(), ["k2", "k1"]);
 /// # Ok::<(), tower_byok::Error>(())
 /// ```
+///
+/// # Text format
+///
+/// A keyring is written as entries separated by newlines or commas. Each entry is
+/// `<id>:<key>`, where `<id>` is 1 to 64 characters of `[A-Za-z0-9_.-]` and `<key>` is
+/// 32 bytes in standard base64 (with or without padding). Blank entries and lines
+/// starting with `#` are ignored. **The first entry is the active key**: new secrets are
+/// sealed with it. Every entry can open secrets sealed under it, so rotating is a
+/// matter of putting a new key first and keeping the old ones after it.
+///
+/// ```text
+/// # generated 2026-11-22; the first key is active
+/// k2:6y7mQ1o0m7cQ0l1Yq1b9kV4mP2x3r5t7u9w1y3z5A7E=
+/// k1:Qm9vdHN0cmFwIGtleSBmb3IgZG9jcyBvbmx5ISEhISE=
+/// ```
+///
+/// The same text fits in one environment variable with commas:
+/// `BYOK_MASTER_KEYS="k2:...,k1:..."`.
 #[derive(Clone)]
 pub struct Keyring {
     keys: Arc<[MasterKey]>,
@@ -171,7 +171,7 @@ impl Keyring {
         Ok(Self { keys: keys.into() })
     }
 
-    /// Parses the [text format](crate::keyring).
+    /// Parses the [text format](Keyring#text-format).
     ///
     /// # Errors
     ///
@@ -198,7 +198,7 @@ impl Keyring {
         Self::parse_from(&value, &origin)
     }
 
-    /// Reads the keyring from a file in the [text format](crate::keyring).
+    /// Reads the keyring from a file in the [text format](Keyring#text-format).
     ///
     /// # Errors
     ///
@@ -270,7 +270,7 @@ impl Keyring {
         self.keys.iter().map(MasterKey::id)
     }
 
-    /// The whole keyring in its [text format](crate::keyring), active key first.
+    /// The whole keyring in its [text format](Keyring#text-format), active key first.
     ///
     /// The returned text *is* key material; it is zeroized on drop.
     pub fn expose_text(&self) -> Zeroizing<String> {

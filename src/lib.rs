@@ -133,7 +133,7 @@
 //! | `src/resolve.rs` | who the user is: [`resolve::ResolveUser`] and its ready-made resolvers |
 //! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
 //! | `src/cache.rs` | the per-user cache: single-flight loads, invalidation, TTL |
-//! | `src/store/` | the [`KeyStore`] trait and its SQLite and PostgreSQL backends |
+//! | `src/store/` | the [`store::KeyStore`] trait and its SQLite and PostgreSQL backends |
 //! | `src/vault/open.rs`, `src/crypto.rs` | decrypting a row: the per-user key, XChaCha20-Poly1305 |
 //! | `src/keys.rs` | what handlers get: [`UserKeys`], [`ProviderKey`] |
 //! | `src/extract.rs` | the axum extractor |
@@ -155,6 +155,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod audit;
 mod cache;
 pub mod check;
 mod crypto;
@@ -162,7 +163,7 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 pub mod import;
-pub mod keyring;
+mod keyring;
 mod keys;
 
 mod middleware;
@@ -172,19 +173,21 @@ mod time;
 mod validate;
 mod vault;
 
+pub use crate::audit::{AuditAction, AuditRecord};
 pub use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::KeysRejection;
-pub use crate::keyring::{Keyring, MasterKey};
+pub use crate::keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 
 pub use crate::middleware::{Byok, ByokBody, ByokLayer, DevEnvFallback, Rejection, ResponseFuture};
 #[cfg(feature = "postgres")]
-pub use crate::store::PostgresStore;
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use crate::store::postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
-pub use crate::store::SqliteStore;
-pub use crate::store::{AuditAction, AuditQuery, AuditRecord, KeyStore};
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use crate::store::sqlite::SqliteStore;
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
 pub use crate::vault::{
     MasterKeyUsage, Progress, RewrapReport, RowFailure, Vault, VaultBuilder, VerifyReport,

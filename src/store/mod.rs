@@ -12,20 +12,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::audit::{AuditAction, AuditRecord};
 use crate::error::Result;
 use crate::time::now_ms;
 
 #[cfg(feature = "postgres")]
-mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
-mod sqlite;
-
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use self::postgres::PostgresStore;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use self::sqlite::SqliteStore;
+pub(crate) mod sqlite;
 
 /// One sealed key, as a store keeps it. Times are Unix milliseconds.
 ///
@@ -66,69 +60,6 @@ impl fmt::Debug for StoredKey {
     }
 }
 
-/// What an audit record says happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AuditAction {
-    /// A key was stored for a provider that had none.
-    Put,
-    /// A key replaced an earlier one for the same provider.
-    Replace,
-    /// A key was deleted.
-    Delete,
-    /// A key's expiry was set, changed or cleared.
-    ExpiryChange,
-    /// A key was re-sealed under another master key (rotation); its secret is unchanged.
-    Rewrap,
-    /// An expired key was removed by [`Vault::purge_expired`](crate::Vault::purge_expired).
-    Purge,
-}
-
-impl AuditAction {
-    /// The name stored in the audit table.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Put => "put",
-            Self::Replace => "replace",
-            Self::Delete => "delete",
-            Self::ExpiryChange => "expiry",
-            Self::Rewrap => "rewrap",
-            Self::Purge => "purge",
-        }
-    }
-
-    /// Parses a name stored in the audit table.
-    pub fn parse(name: &str) -> Option<Self> {
-        Some(match name {
-            "put" => Self::Put,
-            "replace" => Self::Replace,
-            "delete" => Self::Delete,
-            "expiry" => Self::ExpiryChange,
-            "rewrap" => Self::Rewrap,
-            "purge" => Self::Purge,
-            _ => return None,
-        })
-    }
-}
-
-/// One audit record: who did what to which provider key of which user, and when.
-///
-/// The user appears only as a keyed hash ([`user_ref`](Self::user_ref)); no secret is
-/// ever part of a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRecord {
-    /// When, in Unix milliseconds.
-    pub at: i64,
-    /// The user, as a keyed hash of the user id (HMAC-SHA256, truncated, hex).
-    pub user_ref: String,
-    /// The provider whose key changed.
-    pub provider: String,
-    /// What happened.
-    pub action: AuditAction,
-    /// Who did it, as the application named itself to the vault.
-    pub actor: String,
-}
-
 /// Which audit records to read: all conditions given must hold. Times are Unix
 /// milliseconds, `since` inclusive, `until` exclusive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -145,7 +76,7 @@ pub struct AuditQuery {
 
 /// The storage a [`Vault`](crate::Vault) runs on.
 ///
-/// Implemented by [`SqliteStore`] and [`PostgresStore`]. Every write method writes its
+/// Implemented by [`SqliteStore`](crate::SqliteStore) and [`PostgresStore`](crate::PostgresStore). Every write method writes its
 /// audit records in the same transaction as the change, so a change without its record
 /// cannot happen.
 pub trait KeyStore: Send + Sync + 'static {
@@ -463,8 +394,8 @@ macro_rules! sql_key_store {
             async fn upsert(
                 &self,
                 row: &$crate::store::StoredKey,
-                audit: &$crate::store::AuditRecord,
-            ) -> $crate::Result<$crate::store::AuditAction> {
+                audit: &$crate::AuditRecord,
+            ) -> $crate::Result<$crate::AuditAction> {
                 let mut tx = self.begin_write().await?;
                 // Insert-or-nothing, then update: under PostgreSQL's READ COMMITTED a second
                 // concurrent first write waits on the first's unique-index entry and then
@@ -482,7 +413,7 @@ macro_rules! sql_key_store {
                     .await
                     .map_err($crate::Error::store)?;
                     if inserted.rows_affected() == 1 {
-                        break $crate::store::AuditAction::Put;
+                        break $crate::AuditAction::Put;
                     }
                     // The same parameters in the same places as the insert.
                     let updated = Self::bind_row(
@@ -496,7 +427,7 @@ macro_rules! sql_key_store {
                     .await
                     .map_err($crate::Error::store)?;
                     if updated.rows_affected() == 1 {
-                        break $crate::store::AuditAction::Replace;
+                        break $crate::AuditAction::Replace;
                     }
                     // Deleted between the two statements by another transaction: insert again.
                 };
@@ -509,7 +440,7 @@ macro_rules! sql_key_store {
                 &self,
                 user_id: &str,
                 provider: Option<&str>,
-                audit: &$crate::store::AuditRecord,
+                audit: &$crate::AuditRecord,
             ) -> $crate::Result<Vec<String>> {
                 let mut tx = self.begin_write().await?;
                 let deleted: Vec<String> = sqlx::query_scalar(
@@ -521,7 +452,7 @@ macro_rules! sql_key_store {
                 .await
                 .map_err($crate::Error::store)?;
                 for provider in &deleted {
-                    Self::insert_audit(&mut tx, audit, provider, $crate::store::AuditAction::Delete).await?;
+                    Self::insert_audit(&mut tx, audit, provider, $crate::AuditAction::Delete).await?;
                 }
                 tx.commit().await.map_err($crate::Error::store)?;
                 Ok(deleted)
@@ -585,7 +516,7 @@ macro_rules! sql_key_store {
             async fn audit_trail(
                 &self,
                 query: &$crate::store::AuditQuery,
-            ) -> $crate::Result<Vec<$crate::store::AuditRecord>> {
+            ) -> $crate::Result<Vec<$crate::AuditRecord>> {
                 // Only the conditions given, so each query can use its index.
                 let mut sql = String::from("SELECT at, user_ref, provider, action, actor FROM byok_audit");
                 let mut conditions = Vec::new();
@@ -627,10 +558,10 @@ macro_rules! sql_key_store {
                 let rows = q.fetch_all(&self.pool).await.map_err($crate::Error::store)?;
                 rows.into_iter()
                     .map(|(at, user_ref, provider, action, actor)| {
-                        let action = $crate::store::AuditAction::parse(&action).ok_or_else(|| {
+                        let action = $crate::AuditAction::parse(&action).ok_or_else(|| {
                             $crate::Error::new($crate::ErrorKind::Store).with_detail("unknown audit action")
                         })?;
-                        Ok($crate::store::AuditRecord { at, user_ref, provider, action, actor })
+                        Ok($crate::AuditRecord { at, user_ref, provider, action, actor })
                     })
                     .collect()
             }
@@ -665,7 +596,7 @@ macro_rules! sql_key_store {
                 old: &$crate::store::StoredKey,
                 key_id: &str,
                 sealed: &[u8],
-                audit: &$crate::store::AuditRecord,
+                audit: &$crate::AuditRecord,
             ) -> $crate::Result<bool> {
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query(concat!(
@@ -684,7 +615,7 @@ macro_rules! sql_key_store {
                 if done.rows_affected() == 0 {
                     return Ok(false);
                 }
-                Self::insert_audit(&mut tx, audit, &old.provider, $crate::store::AuditAction::Rewrap).await?;
+                Self::insert_audit(&mut tx, audit, &old.provider, $crate::AuditAction::Rewrap).await?;
                 tx.commit().await.map_err($crate::Error::store)?;
                 Ok(true)
             }
@@ -701,7 +632,7 @@ macro_rules! sql_key_store {
                 user_id: &str,
                 provider: &str,
                 expires_at: Option<i64>,
-                audit: &$crate::store::AuditRecord,
+                audit: &$crate::AuditRecord,
             ) -> $crate::Result<bool> {
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query("UPDATE byok_keys SET expires_at = $3 WHERE user_id = $1 AND provider = $2")
@@ -714,7 +645,7 @@ macro_rules! sql_key_store {
                 if done.rows_affected() == 0 {
                     return Ok(false);
                 }
-                Self::insert_audit(&mut tx, audit, provider, $crate::store::AuditAction::ExpiryChange).await?;
+                Self::insert_audit(&mut tx, audit, provider, $crate::AuditAction::ExpiryChange).await?;
                 tx.commit().await.map_err($crate::Error::store)?;
                 Ok(true)
             }
@@ -736,7 +667,7 @@ macro_rules! sql_key_store {
                 user_id: &str,
                 provider: &str,
                 now: i64,
-                audit: &$crate::store::AuditRecord,
+                audit: &$crate::AuditRecord,
             ) -> $crate::Result<bool> {
                 let mut tx = self.begin_write().await?;
                 let done = sqlx::query(concat!(
@@ -752,7 +683,7 @@ macro_rules! sql_key_store {
                 if done.rows_affected() == 0 {
                     return Ok(false);
                 }
-                Self::insert_audit(&mut tx, audit, provider, $crate::store::AuditAction::Purge).await?;
+                Self::insert_audit(&mut tx, audit, provider, $crate::AuditAction::Purge).await?;
                 tx.commit().await.map_err($crate::Error::store)?;
                 Ok(true)
             }
@@ -794,9 +725,9 @@ macro_rules! sql_key_store {
 
             async fn insert_audit(
                 tx: &mut sqlx::Transaction<'static, $db>,
-                audit: &$crate::store::AuditRecord,
+                audit: &$crate::AuditRecord,
                 provider: &str,
-                action: $crate::store::AuditAction,
+                action: $crate::AuditAction,
             ) -> $crate::Result<()> {
                 sqlx::query(
                     "INSERT INTO byok_audit (at, user_ref, provider, action, actor) VALUES ($1, $2, $3, $4, $5)",

@@ -5,9 +5,10 @@ use std::time::SystemTime;
 
 use super::open::Opener;
 use super::{from_unix_ms, unix_ms, Vault};
+use crate::audit::AuditRecord;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{KeyInfo, ProviderKey, UserKeys};
-use crate::store::{AuditQuery, AuditRecord};
+use crate::store::AuditQuery;
 use crate::validate;
 
 impl Vault {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::{unix_ms, Inner, Vault, PAGE};
+use crate::audit::{AuditAction, AuditRecord};
 use crate::crypto::UserCipher;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{AuditAction, AuditRecord, StoredKey};
+use crate::store::StoredKey;
 use crate::validate;
 
 impl Vault {

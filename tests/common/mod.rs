@@ -318,7 +318,7 @@ impl Checks {
         self
     }
 
-    fn apply<S: tower_byok::KeyStore>(
+    fn apply<S: tower_byok::store::KeyStore>(
         self,
         mut builder: tower_byok::VaultBuilder<S>,
     ) -> tower_byok::VaultBuilder<S> {
@@ -415,7 +415,7 @@ pub struct Probed<S> {
     probe: Probe,
 }
 
-impl<S: tower_byok::KeyStore> tower_byok::KeyStore for Probed<S> {
+impl<S: tower_byok::store::KeyStore> tower_byok::store::KeyStore for Probed<S> {
     async fn migrate(&self) -> tower_byok::Result<()> {
         self.inner.migrate().await
     }
@@ -472,7 +472,7 @@ impl<S: tower_byok::KeyStore> tower_byok::KeyStore for Probed<S> {
     }
     async fn audit_trail(
         &self,
-        query: &tower_byok::AuditQuery,
+        query: &tower_byok::store::AuditQuery,
     ) -> tower_byok::Result<Vec<tower_byok::AuditRecord>> {
         self.inner.audit_trail(query).await
     }
