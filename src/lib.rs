@@ -128,6 +128,7 @@
 //! - `sqlite` (default): [`SqliteStore`], a file in WAL mode or in memory.
 //! - `postgres`: [`PostgresStore`].
 //! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
+//! - `import`: the [`import`] module, for keys kept in legacy files.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doctest)]
@@ -140,6 +141,8 @@ mod crypto;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(feature = "import")]
+#[cfg_attr(docsrs, doc(cfg(feature = "import")))]
 pub mod import;
 pub mod keyring;
 mod keys;
