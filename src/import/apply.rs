@@ -186,6 +186,9 @@ impl fmt::Display for ImportReport {
 /// source is refused or fails (see [`ApplyOptions::remove_source`]); the key's own error
 /// kind ([`ErrorKind::Decrypt`], ...) when a key of the plan does not open; store and
 /// input errors as [`Vault::put`]. The source file is never removed after an error.
+///
+/// [`ErrorKind::Import`]: crate::ErrorKind::Import
+/// [`ErrorKind::Decrypt`]: crate::ErrorKind::Decrypt
 pub async fn apply(vault: &Vault, plan: &ImportPlan, opts: ApplyOptions) -> Result<ImportReport> {
     let writer = vault.with_actor(IMPORT_ACTOR)?;
 
