@@ -131,3 +131,17 @@ pub(super) fn utf8(bytes: &[u8]) -> Result<&str> {
         import_error(format!("line {line}: not valid UTF-8"))
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fernet_tokens_are_recognized() {
+        let token = format!("gAAAAAB{}", "x".repeat(120));
+        assert!(looks_like_fernet(&token));
+        assert!(!looks_like_fernet("gAAAAAshort"));
+        assert!(!looks_like_fernet(&format!("sk-{}", "x".repeat(120))));
+    }
+}

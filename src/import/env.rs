@@ -35,7 +35,7 @@ use crate::validate;
 /// ```
 /// use tower_byok::import::EnvMapping;
 ///
-/// let vars = EnvMapping::new().map("HF_TOKEN", "huggingface").ignore("GOOGLE_API_KEY");
+/// let vars = EnvMapping::new().map("huggingface", "HF_TOKEN").ignore("GOOGLE_API_KEY");
 /// assert_eq!(vars.provider_for("HF_TOKEN").as_deref(), Some("huggingface"));
 /// assert_eq!(vars.provider_for("google_api_key"), None);
 /// assert_eq!(vars.provider_for("OPENROUTER_API_KEY").as_deref(), Some("openrouter"));
@@ -89,12 +89,13 @@ impl EnvMapping {
     }
 
     /// Imports the variable `var` as `provider`'s key, replacing any earlier mapping of
-    /// `var`.
+    /// `var`. The arguments come in the order of
+    /// [`DevEnvFallback::provider`](crate::DevEnvFallback::provider).
     ///
     /// # Panics
     ///
     /// When `provider` is not a valid provider name: a programming error.
-    pub fn map(mut self, var: &str, provider: &str) -> Self {
+    pub fn map(mut self, provider: &str, var: &str) -> Self {
         let provider = match validate::provider(provider) {
             Ok(p) => p.into_owned(),
             Err(e) => panic!("EnvMapping::map: {e}"),
@@ -253,5 +254,97 @@ pub(super) fn after_quote(rest: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err("unexpected text after the closing quote")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn line(s: &str) -> Option<(String, String)> {
+        parse_env_line(s)
+            .unwrap()
+            .map(|(name, value)| (name.to_owned(), value.as_str().to_owned()))
+    }
+
+    fn pair(name: &str, value: &str) -> Option<(String, String)> {
+        Some((name.to_owned(), value.to_owned()))
+    }
+
+    #[test]
+    fn env_lines_parse_like_dotenv() {
+        assert_eq!(line(""), None);
+        assert_eq!(line("   "), None);
+        assert_eq!(line("# OPENAI_API_KEY=sk-old"), None);
+        assert_eq!(line("  #x"), None);
+        assert_eq!(line("A=b"), pair("A", "b"));
+        assert_eq!(line("export A=b"), pair("A", "b"));
+        assert_eq!(line("export\tA = b "), pair("A", "b"));
+        assert_eq!(line("exportA=b"), pair("exportA", "b"));
+        assert_eq!(line("A="), pair("A", ""));
+        assert_eq!(line("A=b # comment"), pair("A", "b"));
+        assert_eq!(line("A=b#c"), pair("A", "b#c"));
+        assert_eq!(line("A=#b"), pair("A", "#b"));
+        assert_eq!(line("A=\"b c\" # comment"), pair("A", "b c"));
+        assert_eq!(line("A=\"b#c\""), pair("A", "b#c"));
+        assert_eq!(
+            line(r#"A="q\"uote\\d\nx\z""#),
+            pair("A", "q\"uote\\d\nx\\z")
+        );
+        assert_eq!(line(r"A='raw\n #x'"), pair("A", r"raw\n #x"));
+        assert_eq!(line("A=''"), pair("A", ""));
+        assert_eq!(line("a.b_C9=1"), pair("a.b_C9", "1"));
+    }
+
+    #[test]
+    fn malformed_env_lines_are_refused() {
+        for bad in [
+            "sk-proj-0123456789",
+            "=value",
+            "9A=b",
+            "A B=c",
+            "A-B=c",
+            "export",
+            "A=\"open",
+            "A='open",
+            "A=\"ends\\",
+            "A=\"x\" y",
+            "A='x'y",
+        ] {
+            assert!(parse_env_line(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mapping_follows_table_suffix_and_overrides() {
+        let vars = EnvMapping::new();
+        assert_eq!(
+            vars.provider_for("GOOGLE_API_KEY").as_deref(),
+            Some("gemini")
+        );
+        assert_eq!(
+            vars.provider_for("openai_api_key").as_deref(),
+            Some("openai")
+        );
+        assert_eq!(
+            vars.provider_for("FIRECRAWL_API_KEY").as_deref(),
+            Some("firecrawl")
+        );
+        assert_eq!(vars.provider_for("_API_KEY"), None);
+        assert_eq!(vars.provider_for("__X_API_KEY"), None);
+        assert_eq!(vars.provider_for("API_KEY"), None);
+        assert_eq!(vars.provider_for("DEBUG"), None);
+        let vars = EnvMapping::empty().map("OpenAI", "MY_OPENAI");
+        assert_eq!(vars.provider_for("my_openai").as_deref(), Some("openai"));
+        assert_eq!(vars.provider_for("EXA_API_KEY"), None);
+        let vars = EnvMapping::new()
+            .ignore("exa_api_key")
+            .map("google", "GOOGLE_API_KEY");
+        assert_eq!(vars.provider_for("EXA_API_KEY"), None);
+        assert_eq!(
+            vars.provider_for("GOOGLE_API_KEY").as_deref(),
+            Some("google")
+        );
     }
 }

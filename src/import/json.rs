@@ -222,3 +222,31 @@ pub(super) fn string_member<'a>(
         Some(other) => Err(expected(&path.key(name), "a string", other)),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_hide_user_ids_in_errors_only() {
+        let path = JsonPath::default()
+            .key("users")
+            .with(Seg::User("alice@example.com".into(), 2))
+            .key("api_keys")
+            .key("azure.openai")
+            .with(Seg::Index(3));
+        assert_eq!(
+            path.render(true),
+            r#"$.users["alice@example.com"].api_keys["azure.openai"][3]"#
+        );
+        assert_eq!(
+            path.err(),
+            r#"$.users.<2nd user>.api_keys["azure.openai"][3]"#
+        );
+        assert_eq!(
+            [1, 2, 3, 4, 11, 12, 13, 21, 22, 111].map(ordinal),
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "111th"]
+        );
+    }
+}
