@@ -128,7 +128,8 @@
 //! - `sqlite` (default): [`SqliteStore`], a file in WAL mode or in memory.
 //! - `postgres`: [`PostgresStore`].
 //! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
-//! - `import`: the [`import`] module, for keys kept in legacy files.
+//! - `import`: the `import` module, to move keys out of the `.env` and JSON files
+//!   apps kept them in before.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doctest)]
