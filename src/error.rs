@@ -44,9 +44,9 @@ pub enum ErrorKind {
     Migration,
     /// An operation did not finish within its deadline.
     Timeout,
-    /// A legacy file could not be imported ([`import`](crate::import)): it is malformed
-    /// or ambiguous, a key did not read back as imported, or removing the source was
-    /// refused.
+    /// A legacy file could not be imported (module `import`, feature `import`): it is
+    /// malformed or ambiguous, a key did not read back as imported, or removing the source
+    /// was refused.
     Import,
 }
 

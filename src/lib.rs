@@ -149,6 +149,8 @@
 //! - `sqlite` (default): [`SqliteStore`], a file in WAL mode or in memory.
 //! - `postgres`: [`PostgresStore`].
 //! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
+//! - `import`: the `import` module, to move keys out of the `.env` and JSON files
+//!   apps kept them in before.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doctest)]
@@ -162,6 +164,8 @@ mod crypto;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+#[cfg(feature = "import")]
+#[cfg_attr(docsrs, doc(cfg(feature = "import")))]
 pub mod import;
 mod keyring;
 mod keys;

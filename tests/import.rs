@@ -123,7 +123,7 @@ async fn dot_env_imports_one_users_keys_and_a_second_run_changes_nothing(backend
     let env = write(dir.path(), ".env", ENV);
     let format = || LegacyFormat::DotEnv {
         user_id: "alice".into(),
-        vars: EnvMapping::new().map("MY_HF", "huggingface"),
+        vars: EnvMapping::new().map("huggingface", "MY_HF"),
     };
 
     let plan = import::plan(&vault, &env, format()).await.unwrap();

@@ -1,44 +1,4 @@
-//! End to end over loopback: the same axum app without (A) and with (B) the layer,
-//! driven by a load generator in a second process, in alternating rounds A B A B ...
-//!
-//! - A: `GET /` answered `"3"` by a handler that reads nothing;
-//! - B: the same route behind `ByokLayer` (`FromHeader::new("x-user")`), its handler
-//!   extracting `UserKeys` and answering their count (`"3"`).
-//!
-//! 100 users with three keys each live in a SQLite file vault; every user's keys are
-//! loaded into the cache before the first round and the database pool is then closed, so
-//! the rounds measure the cache-hit path (a miss would fail with 503 and be counted as an
-//! error). Every request carries `x-user: user-N`, cycling over the users, for A and B
-//! alike.
-//!
-//! The bench re-executes itself (`BYOK_E2E_ROLE=load`) as the load generator, so the
-//! server process's CPU accounting holds only server work. Per round the generator (one
-//! thread) opens its keep-alive HTTP/1.1 connections (one request each), says `ready`,
-//! waits for `go`, sends for the round's duration (as fast as responses come back, or at
-//! a fixed rate), says `done` as soon as its last response has arrived (connections still
-//! open), then reports its count, latency percentiles and its own CPU time. The server
-//! reads its own CPU time between `go` and `done`: per thread from
-//! `/proc/self/task/*/schedstat` (nanoseconds), cross-checked against the process's
-//! `utime + stime` from `/proc/self/stat` (10 ms ticks). It also reads the machine's busy
-//! time from `/proc/stat`, to show how much other processes ran during each round; before
-//! each round it waits (briefly) for them to quiet down, and it reports the medians over
-//! the undisturbed round pairs beside those over all pairs.
-//!
-//! The server runs one tokio worker thread by default, so that on a two-CPU machine the
-//! server and the generator each have a CPU: with two server threads they contend, and
-//! the per-request CPU moves with how the work happens to batch (set
-//! `BYOK_E2E_SERVER_THREADS=2` to see it).
-//!
-//! Run: `cargo bench --bench e2e`. Knobs (environment): `BYOK_E2E_ROUNDS` (9 per app),
-//! `BYOK_E2E_SECONDS` (3 per round), `BYOK_E2E_WARMUP_SECONDS` (1 per app, not counted),
-//! `BYOK_E2E_CONCURRENCY` (32 connections), `BYOK_E2E_RATE` (offered requests per second;
-//! 0, the default, for a closed loop), `BYOK_E2E_MAX_REQUESTS` (10,000,000 per round),
-//! `BYOK_E2E_SERVER_THREADS` (1), `BYOK_E2E_QUIET_SHARE` (0.10 of the machine) and
-//! `BYOK_E2E_QUIET_MAX_WAIT` (3 s per round). Without `--bench` (as under
-//! `cargo test --benches`) it runs one short round per app as a smoke test.
-
-// Printing the results is the point of this program.
-#![allow(clippy::print_stdout)]
+//! The server process: the two apps, the rounds against them, and the report.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -49,38 +9,14 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use bytes::Bytes;
-use http::{header, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tower_byok::resolve::FromHeader;
 use tower_byok::{ByokLayer, Keyring, MasterKey, SqliteStore, UserKeys, Vault};
 
-mod support;
-use support::{keys_of, knob};
+use crate::cpu::{wait_for_quiet, CpuSnapshot, SystemCpu};
+use crate::support::{keys_of, knob};
+use crate::{user_id, ROLE, TARGET, TARGET_ADDED_CPU_NS, USERS};
 
-const ROLE: &str = "BYOK_E2E_ROLE";
-const TARGET: &str = "BYOK_E2E_TARGET";
-const USERS: usize = 100;
-const TARGET_ADDED_CPU_NS: f64 = 300.0;
-
-fn main() {
-    if std::env::var(ROLE).as_deref() == Ok("load") {
-        load_generator();
-    } else {
-        server();
-    }
-}
-
-fn user_id(n: usize) -> String {
-    format!("user-{n}")
-}
-
-// ---------------------------------------------------------------------------------------
-// Server process
-// ---------------------------------------------------------------------------------------
-
-struct Settings {
+pub(crate) struct Settings {
     rounds: usize,
     seconds: f64,
     warmup_seconds: f64,
@@ -95,11 +31,11 @@ struct Settings {
     quiet_max_wait: Duration,
 }
 
-async fn bare() -> &'static str {
+pub(crate) async fn bare() -> &'static str {
     "3"
 }
 
-async fn with_keys(keys: UserKeys) -> &'static str {
+pub(crate) async fn with_keys(keys: UserKeys) -> &'static str {
     if keys.len() == 3 {
         "3"
     } else {
@@ -108,7 +44,7 @@ async fn with_keys(keys: UserKeys) -> &'static str {
 }
 
 /// Builds the vault, warms its cache, closes its database, and serves A and B.
-async fn start_servers(dir: &std::path::Path) -> (SocketAddr, SocketAddr) {
+pub(crate) async fn start_servers(dir: &std::path::Path) -> (SocketAddr, SocketAddr) {
     let keyring = Keyring::new(MasterKey::generate("k1").expect("master key"));
     let store = SqliteStore::open(dir.join("keys.db"))
         .await
@@ -153,121 +89,7 @@ async fn start_servers(dir: &std::path::Path) -> (SocketAddr, SocketAddr) {
     (addrs[0], addrs[1])
 }
 
-/// The server process's CPU time so far.
-struct CpuSnapshot {
-    /// On-CPU nanoseconds per live thread, from `schedstat`; empty when unavailable.
-    threads: HashMap<String, u64>,
-    /// `utime + stime` of the whole process (live and exited threads), in ticks.
-    ticks: u64,
-}
-
-/// Linux's `USER_HZ`, the unit of `/proc/<pid>/stat` times.
-const TICKS_PER_SECOND: u64 = 100;
-
-impl CpuSnapshot {
-    fn now() -> Self {
-        let mut threads = HashMap::new();
-        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-            for task in tasks.flatten() {
-                let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
-                    continue;
-                };
-                if let Some(ns) = text.split_whitespace().next().and_then(|f| f.parse().ok()) {
-                    threads.insert(task.file_name().to_string_lossy().into_owned(), ns);
-                }
-            }
-        }
-        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-        // Fields after the command name: state is field 3, utime 14, stime 15.
-        let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| -> u64 { fields[n - 3].parse().expect("stat field") };
-        Self {
-            threads,
-            ticks: field(14) + field(15),
-        }
-    }
-
-    /// Nanoseconds of CPU from `self` to `later`: (per-thread schedstat if available,
-    /// process ticks), and how many threads seen in `self` were gone in `later`.
-    fn until(&self, later: &Self) -> (Option<u64>, u64, usize) {
-        let ticks_ns = (later.ticks - self.ticks) * (1_000_000_000 / TICKS_PER_SECOND);
-        if later.threads.is_empty() {
-            return (None, ticks_ns, 0);
-        }
-        let sched = later
-            .threads
-            .iter()
-            .map(|(tid, ns)| ns.saturating_sub(self.threads.get(tid).copied().unwrap_or(0)))
-            .sum();
-        let gone = self
-            .threads
-            .keys()
-            .filter(|tid| !later.threads.contains_key(*tid))
-            .count();
-        (Some(sched), ticks_ns, gone)
-    }
-}
-
-/// The whole machine's CPU time so far, from the first line of `/proc/stat`, in ticks.
-#[derive(Clone, Copy)]
-struct SystemCpu {
-    busy: u64,
-    total: u64,
-}
-
-impl SystemCpu {
-    fn now() -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-        let line = stat.lines().next().expect("cpu line");
-        // user nice system idle iowait irq softirq steal (guest time is inside user).
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(|f| f.parse().expect("/proc/stat field"))
-            .collect();
-        let idle = v[3] + v[4];
-        let total: u64 = v.iter().sum();
-        Self {
-            busy: total - idle,
-            total,
-        }
-    }
-
-    /// Busy nanoseconds of the machine (all CPUs) from `self` to `later`, counting time
-    /// stolen by the hypervisor as busy.
-    fn busy_ns_until(&self, later: &Self) -> u64 {
-        (later.busy - self.busy) * (1_000_000_000 / TICKS_PER_SECOND)
-    }
-
-    /// The busy share of the machine from `self` to `later`.
-    fn busy_share_until(&self, later: &Self) -> f64 {
-        let total = later.total - self.total;
-        if total == 0 {
-            0.0
-        } else {
-            (later.busy - self.busy) as f64 / total as f64
-        }
-    }
-}
-
-/// Waits, up to `max_wait`, until other processes keep the machine less than `threshold`
-/// busy over a quarter of a second (the server is idle between rounds). Returns how long
-/// it waited.
-fn wait_for_quiet(threshold: f64, max_wait: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let before = SystemCpu::now();
-        std::thread::sleep(Duration::from_millis(250));
-        let share = before.busy_share_until(&SystemCpu::now());
-        if share < threshold || started.elapsed() >= max_wait {
-            return started.elapsed();
-        }
-    }
-}
-
-struct Round {
+pub(crate) struct Round {
     requests: u64,
     errors: u64,
     elapsed: Duration,
@@ -303,7 +125,12 @@ impl Round {
 }
 
 /// One round: a load generator process against `target` for `seconds`.
-fn run_round(settings: &Settings, target: SocketAddr, seconds: f64, cpus: usize) -> Round {
+pub(crate) fn run_round(
+    settings: &Settings,
+    target: SocketAddr,
+    seconds: f64,
+    cpus: usize,
+) -> Round {
     let waited = wait_for_quiet(settings.quiet_threshold, settings.quiet_max_wait);
     let exe = std::env::current_exe().expect("current exe");
     let mut child = Command::new(exe)
@@ -380,7 +207,7 @@ fn run_round(settings: &Settings, target: SocketAddr, seconds: f64, cpus: usize)
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {
@@ -390,7 +217,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -402,7 +229,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn server() {
+pub(crate) fn server() {
     let smoke = !std::env::args().any(|a| a == "--bench");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let settings = if smoke {
@@ -596,11 +423,11 @@ fn server() {
 }
 
 /// A row of the summary: its label, its key in the JSON summary, and how to read it.
-type Metric = (&'static str, &'static str, fn(&Round) -> f64);
+pub(crate) type Metric = (&'static str, &'static str, fn(&Round) -> f64);
 
 /// Prints the medians of the round pairs `pairs` and their ratios; fills `summary`;
 /// returns the server CPU added per request (difference of the medians).
-fn report(
+pub(crate) fn report(
     title: &str,
     rounds_a: &[Round],
     rounds_b: &[Round],
@@ -666,166 +493,4 @@ fn report(
     summary.insert("cpu_added_paired_median_ns".into(), paired_median.into());
     summary.insert("cpu_added_paired_ns".into(), paired.into());
     added
-}
-
-// ---------------------------------------------------------------------------------------
-// Load generator process
-// ---------------------------------------------------------------------------------------
-
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-/// The request for user `n`: the same for A and B.
-fn request(users: &[http::HeaderValue], n: usize) -> Request<Empty<Bytes>> {
-    Request::get("/")
-        .header(header::HOST, "127.0.0.1")
-        .header("x-user", users[n % users.len()].clone())
-        .body(Empty::new())
-        .expect("request")
-}
-
-/// Sends one request; whether it got `200` with body `3`.
-async fn exchange(sender: &mut Sender, req: Request<Empty<Bytes>>) -> bool {
-    if sender.ready().await.is_err() {
-        return false;
-    }
-    let Ok(res) = sender.send_request(req).await else {
-        return false;
-    };
-    let ok = res.status() == StatusCode::OK;
-    match res.into_body().collect().await {
-        Ok(body) => ok && body.to_bytes() == "3",
-        Err(_) => false,
-    }
-}
-
-fn load_generator() {
-    let target: SocketAddr = std::env::var(TARGET)
-        .expect("BYOK_E2E_TARGET")
-        .parse()
-        .expect("target address");
-    assert_eq!(
-        target.ip(),
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        "the load generator only targets 127.0.0.1"
-    );
-    let seconds: f64 = knob("BYOK_E2E_SECONDS", 3.0);
-    let duration = Duration::from_secs_f64(seconds.clamp(0.01, 600.0));
-    let concurrency: usize = knob("BYOK_E2E_CONCURRENCY", 32);
-    let max_requests: u64 = knob("BYOK_E2E_MAX_REQUESTS", 10_000_000);
-    let per_connection = (max_requests / concurrency as u64).max(1);
-    let rate: f64 = knob("BYOK_E2E_RATE", 0.0);
-    // With a rate, each connection sends on its own schedule, spread over the interval.
-    let interval = (rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / rate));
-    let users: Vec<http::HeaderValue> = (0..USERS)
-        .map(|n| http::HeaderValue::from_str(&user_id(n)).expect("header value"))
-        .collect();
-
-    // One thread: the generator takes at most one CPU from the server.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async move {
-        let mut senders = Vec::with_capacity(concurrency);
-        for c in 0..concurrency {
-            let stream = tokio::net::TcpStream::connect(target)
-                .await
-                .expect("connect");
-            stream.set_nodelay(true).ok();
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(async move {
-                connection.await.ok();
-            });
-            // One request per connection, so the server has accepted them all.
-            assert!(
-                exchange(&mut sender, request(&users, c)).await,
-                "first request failed"
-            );
-            senders.push(sender);
-        }
-        println!("ready");
-        std::io::stdout().flush().expect("flush");
-        let mut go = String::new();
-        std::io::stdin().read_line(&mut go).expect("read go");
-        if go.trim() != "go" {
-            return;
-        }
-
-        let cpu_before = CpuSnapshot::now();
-        let start = Instant::now();
-        let deadline = start + duration;
-        let expected = ((duration.as_secs_f64() * 150_000.0 / concurrency as f64) as u64)
-            .min(per_connection) as usize;
-        let tasks: Vec<_> = senders
-            .into_iter()
-            .enumerate()
-            .map(|(c, mut sender)| {
-                let users = users.clone();
-                tokio::spawn(async move {
-                    let mut latencies: Vec<u64> = Vec::with_capacity(expected);
-                    let mut errors = 0u64;
-                    let mut n = c * 37;
-                    let mut next =
-                        interval.map(|i| start + i.mul_f64(c as f64 / concurrency as f64));
-                    while (latencies.len() as u64 + errors) < per_connection
-                        && Instant::now() < deadline
-                    {
-                        if let (Some(at), Some(interval)) = (next.as_mut(), interval) {
-                            tokio::time::sleep_until((*at).into()).await;
-                            *at += interval;
-                        }
-                        let req = request(&users, n);
-                        n += 1;
-                        let sent = Instant::now();
-                        if exchange(&mut sender, req).await {
-                            latencies.push(sent.elapsed().as_nanos() as u64);
-                        } else {
-                            errors += 1;
-                            if sender.is_closed() {
-                                break;
-                            }
-                        }
-                    }
-                    (sender, latencies, errors)
-                })
-            })
-            .collect();
-        let mut open = Vec::with_capacity(concurrency);
-        let mut latencies = Vec::new();
-        let mut errors = 0;
-        for task in tasks {
-            let (sender, lat, err) = task.await.expect("connection task");
-            open.push(sender);
-            latencies.extend(lat);
-            errors += err;
-        }
-        let elapsed = start.elapsed();
-        // The server reads its CPU time now, before any connection closes.
-        println!("done");
-        std::io::stdout().flush().expect("flush");
-        let (sched_ns, ticks_ns, _) = cpu_before.until(&CpuSnapshot::now());
-
-        latencies.sort_unstable();
-        let pct = |p: f64| -> u64 {
-            if latencies.is_empty() {
-                0
-            } else {
-                latencies[((latencies.len() - 1) as f64 * p).round() as usize]
-            }
-        };
-        println!(
-            "result requests={} errors={} elapsed_ns={} p50_ns={} p99_ns={} cpu_ns={}",
-            latencies.len(),
-            errors,
-            elapsed.as_nanos(),
-            pct(0.50),
-            pct(0.99),
-            sched_ns.unwrap_or(ticks_ns)
-        );
-        std::io::stdout().flush().expect("flush");
-        drop(open);
-    });
 }

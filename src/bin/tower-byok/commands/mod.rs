@@ -1,0 +1,230 @@
+//! What each subcommand does.
+
+use std::path::Path;
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use tower_byok::{Keyring, PostgresStore, SqliteStore, Vault};
+
+use crate::cli::{Cli, Command};
+use crate::files::{self};
+use crate::{CmdResult, Fail};
+
+mod audit;
+mod import;
+mod keys;
+mod master_keys;
+mod rotation;
+
+/// The environment variable the keyring text is read from without `--keyring-file`.
+const KEYRING_VAR: &str = "BYOK_MASTER_KEYS";
+
+/// Runs the command line.
+pub(crate) async fn run(cli: Cli) -> CmdResult {
+    let Cli {
+        database,
+        keyring_file,
+        actor,
+        command,
+    } = cli;
+    let keyring_file = keyring_file.as_deref();
+    match command {
+        Command::Keygen { id, out } => master_keys::keygen(&id, &out),
+        Command::Rotate { id, out } => master_keys::rotate(&load_keyring(keyring_file)?, &id, &out),
+        command => {
+            let keyring = load_keyring(keyring_file)?;
+            let vault = open_vault(database.as_deref(), keyring, &actor).await?;
+            on_vault(&vault, command).await
+        }
+    }
+}
+
+async fn on_vault(vault: &Vault, command: Command) -> CmdResult {
+    match command {
+        Command::Put {
+            user,
+            provider,
+            expires_in,
+        } => keys::put(vault, &user, &provider, expires_in).await,
+        Command::List { user } => keys::list(vault, &user).await,
+        Command::Delete {
+            user,
+            provider,
+            all,
+        } => keys::delete(vault, &user, provider.as_deref(), all).await,
+        Command::Expire {
+            user,
+            provider,
+            in_,
+            never,
+        } => keys::expire(vault, &user, &provider, if never { None } else { in_ }).await,
+        Command::Rewrap { batch } => rotation::rewrap(vault, batch).await,
+        Command::Verify => {
+            let report = rotation::verify(vault).await?;
+            rotation::fail_on_unopened(report.failed.len())
+        }
+        Command::Usage => rotation::usage(vault).await,
+        Command::Retire { key_id, out } => {
+            master_keys::retire(vault, &key_id, out.as_deref()).await
+        }
+        Command::PurgeExpired => {
+            let purged = vault.purge_expired().await?;
+            println!("purged {purged} expired {}", plural(purged, "key", "keys"));
+            Ok(())
+        }
+        Command::Audit { user, since, until } => {
+            audit::audit(vault, user.as_deref(), since, until).await
+        }
+        Command::Import { format } => import::import(vault, format).await,
+        Command::Keygen { .. } | Command::Rotate { .. } => Err(Fail::new(
+            "internal error: a keyring command reached the vault",
+        )),
+    }
+}
+
+// ----- keyring and database -----
+
+fn load_keyring(file: Option<&Path>) -> CmdResult<Keyring> {
+    match file {
+        Some(path) => {
+            files::warn_if_readable_by_others(path);
+            Ok(Keyring::from_file(path)?)
+        }
+        None if std::env::var_os(KEYRING_VAR).is_some() => Ok(Keyring::from_env(KEYRING_VAR)?),
+        None => Err(Fail::new(format!(
+            "no master keyring: pass --keyring-file PATH or set {KEYRING_VAR} \
+             (`tower-byok keygen --out PATH` makes one)"
+        ))),
+    }
+}
+
+async fn open_vault(url: Option<&str>, keyring: Keyring, actor: &str) -> CmdResult<Vault> {
+    let url =
+        url.ok_or_else(|| Fail::new("no database: pass --database URL or set BYOK_DATABASE_URL"))?;
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let opened = match scheme.as_deref() {
+        Some("sqlite") => {
+            let store = SqliteStore::connect(url)
+                .await
+                .map_err(|e| connect_fail(&e, url))?;
+            Vault::open(store, keyring).await
+        }
+        Some("postgres" | "postgresql") => {
+            let store = connect_postgres(url).await?;
+            Vault::open(store, keyring).await
+        }
+        _ => {
+            return Err(Fail::new(
+                "unsupported database URL (--database / BYOK_DATABASE_URL): expected \
+                 sqlite://PATH?mode=rwc, sqlite:PATH or postgres://USER@HOST/DB",
+            ))
+        }
+    };
+    let vault = opened.map_err(|e| Fail::from(e).context("opening the vault"))?;
+    Ok(vault.with_actor(actor)?)
+}
+
+/// How long connecting to PostgreSQL may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to PostgreSQL, trying one connection first: a pool retries an unreachable
+/// server until its timeout and then reports only the timeout, not why.
+async fn connect_postgres(url: &str) -> CmdResult<PostgresStore> {
+    use sqlx::Connection as _;
+    let fail = |e: sqlx::Error| {
+        let err = tower_byok::Error::from(tower_byok::ErrorKind::Store);
+        connect_fail_with(&err, Some(&e), url)
+    };
+    let options = PgConnectOptions::from_str(url).map_err(fail)?;
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| {
+            Fail::new(format!(
+                "could not open the database (--database / BYOK_DATABASE_URL): no answer from \
+                 the server within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(fail)?;
+    let _ = probe.close().await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(fail)?;
+    Ok(PostgresStore::from_pool(pool))
+}
+
+/// The error of a failed connection, with its causes (the driver's message says what is
+/// wrong: no such file, connection refused, authentication failed), never the URL's
+/// password.
+fn connect_fail(err: &tower_byok::Error, url: &str) -> Fail {
+    connect_fail_with(err, None, url)
+}
+
+fn connect_fail_with(
+    err: &tower_byok::Error,
+    cause: Option<&(dyn std::error::Error + 'static)>,
+    url: &str,
+) -> Fail {
+    let mut message = err.to_string();
+    let mut source = cause.or_else(|| std::error::Error::source(err));
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    if let Some(password) = url_password(url).filter(|p| !p.is_empty()) {
+        message = message.replace(password, "***");
+    }
+    Fail::new(message).context("could not open the database (--database / BYOK_DATABASE_URL)")
+}
+
+/// The password of `scheme://user:password@host/...`, if the URL has one.
+fn url_password(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+// ----- text -----
+
+fn plural<'a, N: PartialEq + From<u8>>(n: N, one: &'a str, many: &'a str) -> &'a str {
+    if n == N::from(1) {
+        one
+    } else {
+        many
+    }
+}
+
+fn quoted_list(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|id| format!("`{id}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_password;
+
+    #[test]
+    fn finds_the_password_of_a_url() {
+        assert_eq!(
+            url_password("postgres://u:p%40ss@h:5432/db"),
+            Some("p%40ss")
+        );
+        assert_eq!(url_password("postgres://u:pw@h/db?x=a@b"), Some("pw"));
+        assert_eq!(url_password("postgres://u@h/db"), None);
+        assert_eq!(url_password("sqlite://keys.db?mode=rwc"), None);
+        assert_eq!(url_password("postgres://h/db"), None);
+    }
+}
