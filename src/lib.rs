@@ -140,7 +140,7 @@
 //!
 //! Beside the request path: `src/vault/write.rs` (storing and deleting keys),
 //! `src/vault/rotation.rs` (master-key rotation), `src/keyring.rs` (master keys),
-//! `src/check.rs` (checks before save), `src/import.rs` (legacy files) and
+//! `src/check.rs` (checks before save), `src/import/` (legacy files, feature `import`) and
 //! `src/bin/tower-byok/` (the admin CLI). `tests/architecture.rs` keeps the modules free
 //! of import cycles.
 //!
