@@ -110,14 +110,47 @@ impl DevEnvFallback {
 
     /// Reads the variables now, into the key set served to every user.
     pub(crate) fn read(&self) -> UserKeys {
-        let keys = self.vars.iter().filter_map(|(provider, var)| {
-            let value = Zeroizing::new(std::env::var(var).ok()?);
-            (validate::secret(&value).is_ok())
-                .then(|| ProviderKey::new(provider.as_str(), value, KeySource::Environment, None))
-        });
-        // The first mapping of a provider wins.
-        let mut keys: Vec<ProviderKey> = keys.collect();
-        keys.reverse();
-        keys.into_iter().collect()
+        // Collecting keeps the last key of a provider: walked backwards, that is the
+        // first mapping given.
+        self.vars
+            .iter()
+            .rev()
+            .filter_map(|(provider, var)| {
+                let value = Zeroizing::new(std::env::var(var).ok()?);
+                (validate::secret(&value).is_ok()).then(|| {
+                    ProviderKey::new(provider.as_str(), value, KeySource::Environment, None)
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_first_mapping_of_a_provider_that_is_set_wins() {
+        let (first, second, unset) = (
+            format!("TOWER_BYOK_UNIT_FIRST_{}", std::process::id()),
+            format!("TOWER_BYOK_UNIT_SECOND_{}", std::process::id()),
+            format!("TOWER_BYOK_UNIT_UNSET_{}", std::process::id()),
+        );
+        std::env::set_var(&first, "sk-first");
+        std::env::set_var(&second, "sk-second");
+        let keys = DevEnvFallback::new()
+            .provider("openai", &unset)
+            .provider("OpenAI", &first)
+            .provider("openai", &second)
+            .provider("exa", &second)
+            .read();
+        std::env::remove_var(&first);
+        std::env::remove_var(&second);
+        assert_eq!(keys.providers().collect::<Vec<_>>(), ["exa", "openai"]);
+        let openai = keys.get("openai").unwrap();
+        assert_eq!(openai.expose_secret(), "sk-first");
+        assert_eq!(openai.source(), KeySource::Environment);
     }
 }

@@ -119,12 +119,11 @@ impl fmt::Display for Rejection {
         match self {
             Self::Unauthenticated => f.write_str("no authenticated user"),
             Self::MissingProviders { missing } => {
-                write!(f, "missing keys for required providers: ")?;
-                for (i, p) in missing.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { ", " };
-                    write!(f, "{sep}{p}")?;
-                }
-                Ok(())
+                write!(
+                    f,
+                    "missing keys for required providers: {}",
+                    missing.join(", ")
+                )
             }
             Self::KeysUnavailable(kind) => write!(f, "keys unavailable: {kind}"),
         }

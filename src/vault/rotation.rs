@@ -288,8 +288,7 @@ impl Vault {
     /// [`ErrorKind::InvalidKeyring`] when the database knows no such key;
     /// [`ErrorKind::Store`] when the database fails. No instance may still run with the
     /// key active: retire it only after every instance has the new keyring.
-    pub async fn retire_master_key(&self, master_key_id: &str) -> Result<()> {
-        let key_id = master_key_id;
+    pub async fn retire_master_key(&self, key_id: &str) -> Result<()> {
         let in_use = |detail: String| Error::new(ErrorKind::MasterKeyInUse).with_detail(detail);
         if self.inner.keyring.active().id() == key_id {
             return Err(in_use("the active key cannot be retired".to_owned()));
