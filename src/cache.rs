@@ -18,12 +18,14 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use moka::ops::compute::Op;
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
 
 type Hasher = foldhash::fast::RandomState;
+type Policy = moka::sync::Cache<Arc<str>, UserKeys, Hasher>;
 
 /// Invalidations are counted per stripe of users: a write to one user makes concurrent
 /// loads of the users sharing its stripe skip caching once, which is harmless.
@@ -94,12 +96,12 @@ impl Index {
         shard.insert(user_id, entry);
     }
 
-    fn remove(&self, user_id: &str) {
+    fn remove(&self, user_id: &str) -> Option<Entry> {
         let mut shard = self
             .shard(user_id)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        shard.remove(user_id);
+        shard.remove(user_id)
     }
 
     /// Whether the entry of `user_id` holds exactly `keys` (the same load).
@@ -149,7 +151,7 @@ struct Shared {
 pub(crate) struct KeyCache {
     index: Arc<Index>,
     /// The policy: who stays, for how long. Its evictions remove index entries.
-    policy: moka::sync::Cache<Arc<str>, UserKeys, Hasher>,
+    policy: Policy,
     shared: Mutex<Shared>,
     hasher: Hasher,
     ttl: Duration,
@@ -243,7 +245,7 @@ impl KeyCache {
             }
             policy.insert(user_id.clone(), keys.clone());
             if !index.holds(&user_id, &keys) {
-                policy.invalidate(&user_id);
+                forget_in_policy(&policy, &user_id, &keys);
             }
         });
     }
@@ -324,16 +326,32 @@ impl KeyCache {
     /// neither cache its result nor be joined by later requests.
     pub(crate) fn invalidate(&self, user_id: &str) {
         let stripe = self.stripe(user_id);
-        {
+        let removed = {
             let mut shared = self.lock();
             shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
             shared.flights.remove(user_id);
-            self.index.remove(user_id);
-        }
+            self.index.remove(user_id)
+        };
         // Outside the lock: moka may do housekeeping here. Its eviction notice for these
         // keys is harmless, since it only removes the index entry if it still holds them.
-        self.policy.invalidate(user_id);
+        if let Some(removed) = removed {
+            forget_in_policy(&self.policy, user_id, &removed.keys);
+        }
     }
+}
+
+/// Takes `keys` out of moka, but only if moka still holds that very load for the user.
+///
+/// An unconditional `invalidate` could arrive after a newer load of the same user had
+/// reached moka; its eviction notice would then remove the newer index entry, and the
+/// next request would load again (seen as 1 extra load in 200,000 cold misses).
+fn forget_in_policy(policy: &Policy, user_id: &str, keys: &UserKeys) {
+    policy
+        .entry(Arc::from(user_id))
+        .and_compute_with(|current| match current {
+            Some(entry) if entry.value().is_same(keys) => Op::Remove,
+            _ => Op::Nop,
+        });
 }
 
 struct LeaveFlight<'a> {
