@@ -166,8 +166,13 @@ impl KeyCache {
         let policy = moka::sync::Cache::builder()
             .time_to_live(ttl)
             .max_capacity(capacity)
-            .eviction_listener(move |user_id: Arc<Arc<str>>, keys: UserKeys, _cause| {
-                evicted.remove_if_same(&user_id, &keys);
+            .eviction_listener(move |user_id: Arc<Arc<str>>, keys: UserKeys, cause| {
+                // A replacement evicts nothing from the index: a late mirror task of an
+                // older load may replace a newer one in moka, and must not take the
+                // newer keys out of the index (it removes its own stale entry itself).
+                if cause != moka::notification::RemovalCause::Replaced {
+                    evicted.remove_if_same(&user_id, &keys);
+                }
             })
             .build_with_hasher(hasher.clone());
         Self {
