@@ -347,11 +347,36 @@ async fn a_stored_row_opens_with_only_the_document() {
     .fetch_all(&pool)
     .await
     .expect("byok_migrations");
-    assert_eq!(migrations.len(), 1);
-    assert_eq!((migrations[0].0, migrations[0].1.as_str()), (1, "init"));
-    let sql = include_str!("../migrations/sqlite/0001_init.sql");
-    assert_eq!(migrations[0].2, hex(&Sha256::digest(sql.as_bytes())));
-    assert!(migrations[0].3 <= after);
+    let files = [
+        (
+            1,
+            "init",
+            include_str!("../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "change feed",
+            include_str!("../migrations/sqlite/0002_changes.sql"),
+        ),
+    ];
+    assert_eq!(migrations.len(), files.len());
+    for ((version, description, checksum, applied_at), (v, d, sql)) in migrations.iter().zip(files)
+    {
+        assert_eq!((*version, description.as_str()), (v, d));
+        assert_eq!(*checksum, hex(&Sha256::digest(sql.as_bytes())));
+        assert!(*applied_at <= after);
+    }
+
+    // The change feed: the put above is one row naming the user, at a time in range.
+    let changes = sqlx::query_as::<_, (i64, Option<String>, i64)>(
+        "SELECT seq, user_id, at FROM byok_changes",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("byok_changes");
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].1.as_deref(), Some(user));
+    assert!((before - 1000..=after + 1000).contains(&changes[0].2));
 
     // More secrets through the same recipe: the hint rule on its edge cases, and the
     // plaintext stored as given (not trimmed).

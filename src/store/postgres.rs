@@ -21,11 +21,18 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    const MIGRATIONS: &'static [Migration] = &[Migration {
-        version: 1,
-        description: "init",
-        sql: include_str!("../../migrations/postgres/0001_init.sql"),
-    }];
+    const MIGRATIONS: &'static [Migration] = &[
+        Migration {
+            version: 1,
+            description: "init",
+            sql: include_str!("../../migrations/postgres/0001_init.sql"),
+        },
+        Migration {
+            version: 2,
+            description: "change feed",
+            sql: include_str!("../../migrations/postgres/0002_changes.sql"),
+        },
+    ];
 
     /// An arbitrary but fixed key for `pg_advisory_xact_lock`, so that instances starting
     /// together run the migrations one at a time ("byok" in ASCII).

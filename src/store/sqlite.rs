@@ -29,11 +29,18 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    const MIGRATIONS: &'static [Migration] = &[Migration {
-        version: 1,
-        description: "init",
-        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-    }];
+    const MIGRATIONS: &'static [Migration] = &[
+        Migration {
+            version: 1,
+            description: "init",
+            sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+        },
+        Migration {
+            version: 2,
+            description: "change feed",
+            sql: include_str!("../../migrations/sqlite/0002_changes.sql"),
+        },
+    ];
 
     /// Opens (creating if needed) a database file in WAL mode, with a busy timeout and
     /// full fsync on commit, so a stored key survives a crash right after `put` returns.
