@@ -345,6 +345,27 @@ impl KeyCache {
     }
 }
 
+impl KeyCache {
+    /// Forgets every user's keys at once, and makes every load under way neither cache
+    /// its result nor be joined by later requests.
+    pub(crate) fn invalidate_all(&self) {
+        {
+            let mut shared = self.lock();
+            for generation in &mut shared.generations {
+                *generation = generation.wrapping_add(1);
+            }
+            shared.flights.clear();
+            for shard in self.index.shards.iter() {
+                shard
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
+            }
+        }
+        self.policy.invalidate_all();
+    }
+}
+
 /// Takes `keys` out of moka, but only if moka still holds that very load for the user.
 ///
 /// An unconditional `invalidate` could arrive after a newer load of the same user had

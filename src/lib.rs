@@ -164,6 +164,7 @@ mod crypto;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod feed;
 #[cfg(feature = "import")]
 #[cfg_attr(docsrs, doc(cfg(feature = "import")))]
 pub mod import;
@@ -182,6 +183,7 @@ pub use crate::error::{Error, ErrorKind, Result};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::KeysRejection;
+pub use crate::feed::{FeedMode, FeedStatus, CHANGE_RETENTION};
 pub use crate::keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 

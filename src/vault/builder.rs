@@ -12,6 +12,7 @@ use crate::cache::KeyCache;
 use crate::check::KeyCheck;
 use crate::crypto::{UserCipher, VaultSecret, CHECK_RECORD_SCOPE};
 use crate::error::{Error, ErrorKind, Result};
+use crate::feed::{Feed, FeedConfig};
 use crate::keyring::Keyring;
 use crate::store::KeyStore;
 use crate::validate;
@@ -25,6 +26,7 @@ pub struct VaultBuilder<S> {
     pub(super) cache_ttl: Duration,
     pub(super) cache_capacity: u64,
     pub(super) load_timeout: Duration,
+    pub(super) feed: FeedConfig,
 }
 
 impl<S: KeyStore> VaultBuilder<S> {
@@ -65,6 +67,43 @@ impl<S: KeyStore> VaultBuilder<S> {
         self
     }
 
+    /// Whether to follow the database's change feed, so that a key replaced or deleted
+    /// elsewhere (another instance, the admin CLI, an operator's SQL) stops being served
+    /// here within about a [`poll_interval`](Self::poll_interval), or at once on
+    /// PostgreSQL with [`listen_for_changes`](Self::listen_for_changes). Default `true`.
+    ///
+    /// With `false`, only the [`cache_ttl`](Self::cache_ttl) bounds how long such a
+    /// write goes unseen. Writes through this vault invalidate at once either way. See
+    /// the README's multi-instance section for the guarantees and their figures.
+    pub fn watch_changes(mut self, watch: bool) -> Self {
+        self.feed.enabled = watch;
+        self
+    }
+
+    /// How often the change feed is read. Default 1 second.
+    ///
+    /// On SQLite this is how long another process's write may go unseen (plus the read
+    /// itself); an idle poll costs one `PRAGMA data_version`, which reads no table. On
+    /// PostgreSQL with [`listen_for_changes`](Self::listen_for_changes) it is the backstop
+    /// for notifications lost while the listening connection was down; without it, the
+    /// bound, at one indexed query per interval per instance.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.feed.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// PostgreSQL only: whether to `LISTEN` for the change feed's notifications, on one
+    /// connection of the vault's own (not one of the pool's), so that changes are seen
+    /// within milliseconds. Default `true`.
+    ///
+    /// Turn it off behind a pooler in transaction mode (PgBouncer's `pool_mode =
+    /// transaction`), where `LISTEN` silently hears nothing: the vault then relies on the
+    /// [`poll_interval`](Self::poll_interval) alone.
+    pub fn listen_for_changes(mut self, listen: bool) -> Self {
+        self.feed.listen = listen;
+        self
+    }
+
     /// Runs the migrations, then proves the keyring can read the database.
     ///
     /// On first use it writes a check record: the vault's own random secret sealed under
@@ -79,17 +118,55 @@ impl<S: KeyStore> VaultBuilder<S> {
         self.store.migrate().await?;
         let secret = unlock(&self.store, &self.keyring).await?;
         refuse_unreadable_rows(&self.store, &self.keyring).await?;
+        let cache = Arc::new(KeyCache::new(
+            self.cache_ttl,
+            self.cache_capacity,
+            self.load_timeout,
+        ));
+        let feed = start_feed(&self.store, &cache, self.feed).await?;
         Ok(Vault {
             inner: Arc::new(Inner {
                 checks: self.checks,
                 store: Box::new(self.store),
                 keyring: self.keyring,
                 secret,
-                cache: KeyCache::new(self.cache_ttl, self.cache_capacity, self.load_timeout),
+                cache,
+                feed,
             }),
             actor: DEFAULT_ACTOR.into(),
         })
     }
+}
+
+/// Starts following the change feed of a built-in store.
+///
+/// The feed is made by the triggers of the built-in stores' own migrations; a store
+/// written outside the crate has a schema of its own, so it has none and its vault
+/// relies on the TTL (its [`FeedStatus`](crate::FeedStatus) says `Off`).
+async fn start_feed<S: KeyStore>(
+    store: &S,
+    cache: &Arc<KeyCache>,
+    config: FeedConfig,
+) -> Result<Feed> {
+    if !config.enabled {
+        return Ok(Feed::off());
+    }
+    let store: &dyn std::any::Any = store;
+    let cache = Arc::downgrade(cache);
+    #[cfg(feature = "sqlite")]
+    if let Some(store) = store.downcast_ref::<crate::SqliteStore>() {
+        return match crate::feed::sqlite::SqliteChanges::new(store.pool()).await? {
+            Some(source) => Feed::start(source, cache, config).await,
+            None => Ok(Feed::off()),
+        };
+    }
+    #[cfg(feature = "postgres")]
+    if let Some(store) = store.downcast_ref::<crate::PostgresStore>() {
+        let source = crate::feed::postgres::PostgresChanges::new(store.pool(), config.listen);
+        return Feed::start(source, cache, config).await;
+    }
+    let _ = (store, cache);
+    Ok(Feed::off())
 }
 
 /// Reads (or on first use writes) the check records, and returns the vault secret.

@@ -16,6 +16,7 @@ use crate::cache::KeyCache;
 use crate::check::KeyCheck;
 use crate::crypto::VaultSecret;
 use crate::error::{Error, ErrorKind, Result};
+use crate::feed::{Feed, FeedConfig, FeedStatus};
 use crate::keyring::Keyring;
 use crate::store::{DynStore, KeyStore};
 pub(crate) use crate::time::{from_unix_ms, unix_ms};
@@ -90,7 +91,9 @@ pub(crate) struct Inner {
     pub(crate) store: Box<dyn DynStore>,
     pub(crate) keyring: Keyring,
     pub(crate) secret: VaultSecret,
-    pub(crate) cache: KeyCache,
+    pub(crate) cache: Arc<KeyCache>,
+    /// Follows writes made elsewhere; stops when the vault is dropped.
+    pub(crate) feed: Feed,
 }
 
 impl Vault {
@@ -126,6 +129,7 @@ impl Vault {
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             load_timeout: Duration::from_secs(3),
+            feed: FeedConfig::default(),
         }
     }
 
@@ -161,6 +165,12 @@ impl Vault {
     /// log lines: use it to find a user's records without writing the id anywhere.
     pub fn user_ref(&self, user_id: &str) -> String {
         self.inner.secret.user_ref(user_id)
+    }
+
+    /// How this vault follows writes made elsewhere, and how current it is: for a
+    /// health check. See [`VaultBuilder::watch_changes`].
+    pub fn change_feed(&self) -> FeedStatus {
+        self.inner.feed.status()
     }
 
     /// The fingerprint this vault gives `secret`, to compare with [`KeyInfo::fingerprint`](crate::KeyInfo::fingerprint).

@@ -12,6 +12,7 @@ mod common;
 mod audit;
 mod errors;
 mod expiry;
+mod feed;
 mod import;
 mod keys;
 mod master_keys;
@@ -83,15 +84,7 @@ impl Env {
                 format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display())
             }
             #[cfg(feature = "postgres")]
-            Backend::Postgres => {
-                let db = common::TestDb::new(backend).await;
-                let name = db.pg_options().get_database().unwrap().to_owned();
-                let server = common::pg_server_url();
-                let (base, _) = server.split_once('?').unwrap_or((&server, ""));
-                let (host, _) = base.rsplit_once('/').unwrap();
-                assert!(host.contains("://"), "unexpected server URL shape");
-                format!("{host}/{name}")
-            }
+            Backend::Postgres => common::TestDb::new(backend).await.pg_url(),
         };
         Self {
             backend,

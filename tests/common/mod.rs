@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
 
+#[cfg(feature = "postgres")]
+pub mod proxy;
+
 /// Instantiates each listed `async fn name(backend: Backend)` once per backend.
 #[macro_export]
 macro_rules! per_backend {
@@ -292,6 +295,22 @@ impl TestDb {
     #[cfg(feature = "postgres")]
     pub fn pg_options(&self) -> sqlx::postgres::PgConnectOptions {
         self.pg.clone().unwrap()
+    }
+
+    /// This test's database as a `postgres://` URL, for another process.
+    #[cfg(feature = "postgres")]
+    pub fn pg_url(&self) -> String {
+        let name = self.pg_options().get_database().unwrap().to_owned();
+        let server = pg_server_url();
+        let (base, _) = server.split_once('?').unwrap_or((&server, ""));
+        let (host, _) = base.rsplit_once('/').unwrap();
+        assert!(host.contains("://"), "unexpected server URL shape");
+        format!("{host}/{name}")
+    }
+
+    /// The SQLite file of this test's database.
+    pub fn sqlite_path(&self) -> &std::path::Path {
+        &self.sqlite_path
     }
 }
 

@@ -1,0 +1,345 @@
+//! Hearing of writes made elsewhere: another instance, the admin CLI, an operator's SQL.
+//!
+//! The database keeps its own change feed: triggers on `byok_keys` append the user id
+//! of every inserted, updated or deleted row to `byok_changes` with a sequence value, in
+//! the same transaction, whoever writes. Each [`Vault`](crate::Vault) runs one
+//! background task that reads the feed and drops the cached keys of the users changed:
+//!
+//! - **polling**, on both backends: a cheap query every
+//!   [`poll_interval`](crate::VaultBuilder::poll_interval) (1 s by default). On SQLite an
+//!   idle poll is `PRAGMA data_version` on a connection of its own, which reads no table;
+//! - **`LISTEN`/`NOTIFY`**, on PostgreSQL: the trigger also notifies (an empty payload,
+//!   once per transaction), and the task reads the feed as soon as it hears one. The
+//!   poll stays on as the backstop for notifications lost while the listening connection
+//!   was down. Poolers in transaction mode (PgBouncer) cannot `LISTEN`: turn it off with
+//!   [`listen_for_changes(false)`](crate::VaultBuilder::listen_for_changes) and rely on
+//!   the poll.
+//!
+//! Reads are gap-safe: a change whose sequence value is lower than one already read but
+//! that commits later is still applied (see `tracker.rs`). Changes are pruned after
+//! [`CHANGE_RETENTION`]; an instance that could not read the feed for half of that
+//! forgets every cached user when it can again.
+//!
+//! `sqlite.rs` and `postgres.rs` hold each backend's queries and its way of waiting.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::cache::KeyCache;
+use crate::error::Result;
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+mod tracker;
+
+pub(crate) use self::tracker::{Batch, Invalidate, Tracker};
+
+/// How long the database keeps a change: an instance that cannot read the feed for
+/// half of this forgets every cached user once it can again.
+pub const CHANGE_RETENTION: Duration = Duration::from_secs(3600);
+
+/// How often each instance deletes changes older than [`CHANGE_RETENTION`].
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Rows per read of the change table.
+const PAGE: u32 = 1000;
+
+/// What woke the feed's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The poll interval passed.
+    Timer,
+    /// A notification came, or the listening connection came back: read now.
+    Notified,
+}
+
+/// One backend's side of the feed.
+pub(crate) trait ChangeSource: Send + 'static {
+    /// How many changes below the newest a new reader reads again, for changes that were
+    /// in flight when it started and commit with lower sequence values.
+    const START_WINDOW: i64;
+
+    /// The highest sequence value in the feed, 0 when it is empty.
+    fn newest(&mut self) -> impl Future<Output = Result<i64>> + Send;
+
+    /// Up to `limit` changes after `after`, in order, with the snapshot they were read in.
+    fn read(&mut self, after: i64, limit: u32) -> impl Future<Output = Result<Batch>> + Send;
+
+    /// Whether anything may have changed since the last call; `true` when it cannot tell.
+    fn probe(&mut self) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes changes older than `age` by the database's clock.
+    fn prune(&mut self, age: Duration) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Waits for `interval`, or less if the backend hears of a change first.
+    fn wait(&mut self, interval: Duration) -> impl Future<Output = Wake> + Send;
+
+    /// Whether this source listens for notifications, or only polls.
+    fn mode(&self) -> FeedMode;
+
+    /// Whether a `LISTEN` connection is up now.
+    fn listening(&self) -> bool;
+}
+
+/// How a vault follows the change feed: set on [`VaultBuilder`](crate::VaultBuilder).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FeedConfig {
+    pub(crate) enabled: bool,
+    pub(crate) poll_interval: Duration,
+    pub(crate) listen: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(1),
+            listen: true,
+        }
+    }
+}
+
+/// How this process follows writes made elsewhere: see [`Vault::change_feed`](crate::Vault::change_feed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FeedMode {
+    /// Not following: only the cache TTL bounds how long another instance's write goes
+    /// unseen (turned off, an in-memory SQLite database, or a store without a feed).
+    Off,
+    /// Reading the feed every poll interval.
+    Polling,
+    /// Reading the feed when PostgreSQL notifies, and every poll interval as a backstop.
+    Listening,
+}
+
+/// The state of a vault's change feed, for a health check: see
+/// [`Vault::change_feed`](crate::Vault::change_feed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FeedStatus {
+    /// How the vault follows the feed.
+    pub mode: FeedMode,
+    /// Whether the `LISTEN` connection is up ([`FeedMode::Listening`] only).
+    pub listener_connected: bool,
+    /// The highest change sequence value applied here.
+    pub last_seq: i64,
+    /// When this process last applied a change made anywhere.
+    pub last_change_at: Option<SystemTime>,
+    /// When this process last read the feed without error.
+    pub last_read_at: Option<SystemTime>,
+    /// Since when reads of the feed fail, while they do.
+    pub failing_since: Option<SystemTime>,
+}
+
+impl FeedStatus {
+    fn off() -> Self {
+        Self {
+            mode: FeedMode::Off,
+            listener_connected: false,
+            last_seq: 0,
+            last_change_at: None,
+            last_read_at: None,
+            failing_since: None,
+        }
+    }
+
+    /// Whether the feed was read without error within `max_age`: a write made elsewhere
+    /// is then seen here within about `max_age`. Always `false` when the feed is off.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_byok::Error> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let keyring = Keyring::new(MasterKey::generate("k1")?);
+    /// let vault = Vault::open(SqliteStore::open(dir.path().join("keys.db")).await?, keyring).await?;
+    /// // e.g. in a readiness probe: three missed polls make the instance unready.
+    /// let ready = vault.change_feed().is_current(Duration::from_secs(3));
+    /// # assert!(ready);
+    /// # Ok(()) }
+    /// ```
+    pub fn is_current(&self, max_age: Duration) -> bool {
+        self.mode != FeedMode::Off
+            && self.failing_since.is_none()
+            && self
+                .last_read_at
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age <= max_age)
+    }
+}
+
+/// The feed's task, stopped when the vault that started it is dropped.
+pub(crate) struct Feed {
+    status: Arc<Mutex<FeedStatus>>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Feed {
+    /// No feed: the cache TTL alone bounds what another instance's write goes unseen.
+    pub(crate) fn off() -> Self {
+        Self {
+            status: Arc::new(Mutex::new(FeedStatus::off())),
+            task: None,
+        }
+    }
+
+    /// Starts following `source` into `cache`: reads where the feed stands now, then
+    /// runs in the background until the cache is dropped.
+    pub(crate) async fn start<S: ChangeSource>(
+        mut source: S,
+        cache: Weak<KeyCache>,
+        config: FeedConfig,
+    ) -> Result<Self> {
+        let newest = source.newest().await?;
+        let tracker = Tracker::new((newest - S::START_WINDOW).max(0));
+        let mode = source.mode();
+        let status = Arc::new(Mutex::new(FeedStatus {
+            mode,
+            listener_connected: source.listening(),
+            last_seq: newest,
+            last_change_at: None,
+            last_read_at: Some(SystemTime::now()),
+            failing_since: None,
+        }));
+        let task = tokio::spawn(run(source, tracker, cache, status.clone(), config));
+        Ok(Self {
+            status,
+            task: Some(task.abort_handle()),
+        })
+    }
+
+    pub(crate) fn status(&self) -> FeedStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl Invalidate for KeyCache {
+    fn user(&self, user_id: &str) {
+        self.invalidate(user_id);
+    }
+
+    fn all(&self) {
+        self.invalidate_all();
+    }
+}
+
+async fn run<S: ChangeSource>(
+    mut source: S,
+    mut tracker: Tracker,
+    cache: Weak<KeyCache>,
+    status: Arc<Mutex<FeedStatus>>,
+    config: FeedConfig,
+) {
+    let mut last_ok = Instant::now();
+    let mut last_prune: Option<Instant> = None;
+    let mut wake = Wake::Notified; // read once at start: the window below the newest
+    loop {
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        let read = match wake {
+            Wake::Notified => Ok(true),
+            Wake::Timer => source.probe().await,
+        };
+        let result = match read {
+            Ok(false) => Ok(0),
+            Ok(true) => {
+                if last_ok.elapsed() > CHANGE_RETENTION / 2 {
+                    // Changes may have been pruned unread: start over from the newest.
+                    tracing::warn!(
+                        "the change feed was unreadable for long; forgetting every cached user"
+                    );
+                    cache.invalidate_all();
+                    match source.newest().await {
+                        Ok(newest) => {
+                            tracker = Tracker::new(newest);
+                            Ok(0)
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    catch_up(&mut source, &mut tracker, &*cache).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        drop(cache);
+        let now = SystemTime::now();
+        {
+            let mut status = status.lock().unwrap_or_else(PoisonError::into_inner);
+            status.listener_connected = source.listening();
+            match &result {
+                Ok(applied) => {
+                    last_ok = Instant::now();
+                    status.last_read_at = Some(now);
+                    status.failing_since = None;
+                    status.last_seq = tracker.newest();
+                    if *applied > 0 {
+                        status.last_change_at = Some(now);
+                    }
+                }
+                Err(e) => {
+                    if status.failing_since.is_none() {
+                        tracing::warn!(error = %e, "reading the change feed failed; retrying every poll interval");
+                        status.failing_since = Some(now);
+                    }
+                }
+            }
+        }
+        if result.is_ok() && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            if let Err(e) = source.prune(CHANGE_RETENTION).await {
+                tracing::debug!(error = %e, "pruning the change feed failed");
+            }
+        }
+        wake = source.wait(config.poll_interval).await;
+    }
+}
+
+/// Reads every change after the tracker's horizon and applies it; returns how many.
+async fn catch_up<S: ChangeSource>(
+    source: &mut S,
+    tracker: &mut Tracker,
+    sink: &impl Invalidate,
+) -> Result<usize> {
+    let first = source.read(tracker.horizon(), PAGE).await?;
+    let mut applied = tracker.apply(&first, sink);
+    // Only the first read started at the horizon, so only it can tell that a gap below
+    // its last row is settled; later pages just apply what they find.
+    let full = first.rows.len() == PAGE as usize;
+    let covered = match first.rows.last() {
+        Some((seq, _)) if full => *seq,
+        _ => i64::MAX,
+    };
+    let mut cursor = if full {
+        first.rows.last().map(|(seq, _)| *seq)
+    } else {
+        None
+    };
+    while let Some(after) = cursor {
+        let page = source.read(after, PAGE).await?;
+        applied += tracker.apply(&page, sink);
+        cursor = match page.rows.last() {
+            Some((seq, _)) if page.rows.len() == PAGE as usize => Some(*seq),
+            _ => None,
+        };
+    }
+    let xmin = first.xmin;
+    tracker.advance(covered, |xmax| xmin >= xmax);
+    Ok(applied)
+}

@@ -1,0 +1,197 @@
+//! The change feed on PostgreSQL: reads carry their snapshot, so that a change committed
+//! late with a lower sequence value is still read (see `tracker.rs`); `LISTEN` on a
+//! connection of its own rings the bell.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+
+use super::{Batch, ChangeSource, FeedMode, Wake};
+use crate::error::{Error, Result};
+
+/// The channel the trigger notifies (migration 2).
+const CHANNEL: &str = "byok_changes";
+
+pub(crate) struct PostgresChanges {
+    pool: PgPool,
+    listener: Option<Listener>,
+}
+
+impl PostgresChanges {
+    /// The feed of the database behind `pool`; with `listen`, also a `LISTEN` connection
+    /// of its own (not one of the pool's), kept up in the background.
+    pub(crate) fn new(pool: &PgPool, listen: bool) -> Self {
+        Self {
+            pool: pool.clone(),
+            listener: listen.then(|| Listener::start(pool)),
+        }
+    }
+}
+
+impl ChangeSource for PostgresChanges {
+    /// Sequence values are handed out before commit, out of order: read the last
+    /// changes again at start, in case a lower one was still in flight.
+    const START_WINDOW: i64 = 1000;
+
+    async fn newest(&mut self) -> Result<i64> {
+        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM byok_changes")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::store)?;
+        Ok(newest.unwrap_or(0))
+    }
+
+    async fn read(&mut self, after: i64, limit: u32) -> Result<Batch> {
+        // One statement, so the rows and the snapshot bounds come from one snapshot.
+        let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
+            "SELECT c.seq, c.user_id, \
+                    pg_snapshot_xmin(s.snap)::text::bigint, \
+                    pg_snapshot_xmax(s.snap)::text::bigint \
+             FROM (SELECT pg_current_snapshot() AS snap) s \
+             LEFT JOIN LATERAL ( \
+                 SELECT seq, user_id FROM byok_changes WHERE seq > $1 ORDER BY seq LIMIT $2 \
+             ) c ON true",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::store)?;
+        let (xmin, xmax) = rows.first().map_or((0, 0), |r| (r.2, r.3));
+        Ok(Batch {
+            rows: rows
+                .into_iter()
+                .filter_map(|(seq, user_id, _, _)| Some((seq?, user_id)))
+                .collect(),
+            xmin,
+            xmax,
+        })
+    }
+
+    async fn probe(&mut self) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn prune(&mut self, age: Duration) -> Result<u64> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let done = sqlx::query(
+            "DELETE FROM byok_changes \
+             WHERE at < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $1",
+        )
+        .bind(age_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::store)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn wait(&mut self, interval: Duration) -> Wake {
+        match &self.listener {
+            Some(listener) => {
+                match tokio::time::timeout(interval, listener.bell.notified()).await {
+                    Ok(()) => Wake::Notified,
+                    Err(_) => Wake::Timer,
+                }
+            }
+            None => {
+                tokio::time::sleep(interval).await;
+                Wake::Timer
+            }
+        }
+    }
+
+    fn mode(&self) -> FeedMode {
+        if self.listener.is_some() {
+            FeedMode::Listening
+        } else {
+            FeedMode::Polling
+        }
+    }
+
+    fn listening(&self) -> bool {
+        self.listener
+            .as_ref()
+            .is_some_and(|l| l.connected.load(Ordering::Relaxed))
+    }
+}
+
+/// A task that holds a `LISTEN` connection and rings `bell` for each notification, and
+/// once more each time the connection comes back, since what was sent while it was down
+/// is lost: the reader then catches up from the change table.
+struct Listener {
+    bell: Arc<Notify>,
+    connected: Arc<AtomicBool>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Listener {
+    fn start(pool: &PgPool) -> Self {
+        let bell = Arc::new(Notify::new());
+        let connected = Arc::new(AtomicBool::new(false));
+        // A pool of one connection of its own, from the application's settings: the
+        // listener must not hold one of the application's connections for ever.
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let task = tokio::spawn(listen(own, bell.clone(), connected.clone()));
+        Self {
+            bell,
+            connected,
+            task: task.abort_handle(),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn listen(pool: PgPool, bell: Arc<Notify>, connected: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match connect(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::debug!(error = %e, "the change listener could not connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        connected.store(true, Ordering::Relaxed);
+        // Anything may have been missed before this connection listened.
+        bell.notify_one();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => bell.notify_one(),
+                // Lost and already reconnected (and listening again): catch up.
+                Ok(None) => bell.notify_one(),
+                // E.g. the server ended the session (`pg_terminate_backend`): start over
+                // with a new connection.
+                Err(e) => {
+                    tracing::warn!(error = %e, "the change listener lost its connection; reconnecting");
+                    break;
+                }
+            }
+        }
+        connected.store(false, Ordering::Relaxed);
+        drop(listener);
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+async fn connect(pool: &PgPool) -> std::result::Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
