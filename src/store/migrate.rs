@@ -1,9 +1,12 @@
 //! The built-in backends' schema: the migrations embedded per backend
-//! (`migrations/<backend>/`), and the runner that applies them on the crate's own
-//! `byok_migrations` table.
+//! (`migrations/<backend>/`), and the one runner that applies them on the crate's own
+//! `byok_migrations` table, through the few statements each backend's transaction
+//! runs for it ([`SchemaTx`], in `queries.rs`).
 //!
 //! A new migration is one file per backend and one entry in each list below. An applied
 //! migration must never change: its checksum is checked at every open.
+
+use std::future::Future;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::time::now_ms;
@@ -87,53 +90,38 @@ fn pending<'m>(
     Ok(todo)
 }
 
-/// Applies the SQLite migrations not yet recorded, in `tx`, which holds the write lock.
-#[cfg(feature = "sqlite")]
-pub(crate) async fn run_sqlite(mut tx: sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<()> {
-    sqlx::Executor::execute(&mut *tx, MIGRATIONS_TABLE_DDL)
-        .await
-        .map_err(failed)?;
-    let applied: Vec<(i64, String)> = sqlx::query_as(APPLIED)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(failed)?;
-    for (m, sum) in pending(SQLITE, &applied)? {
-        sqlx::Executor::execute(&mut *tx, m.sql)
-            .await
-            .map_err(failed)?;
-        sqlx::query(RECORD)
-            .bind(m.version)
-            .bind(m.description)
-            .bind(sum)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-    }
-    tx.commit().await.map_err(failed)
+/// The statements the runner needs, on one transaction of a backend: implemented once,
+/// in `queries.rs`, for each backend's `sqlx::Transaction`.
+pub(crate) trait SchemaTx: Send {
+    /// Runs a statement without parameters (DDL, a migration's text).
+    fn execute(&mut self, sql: &'static str) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Runs [`APPLIED`]: `(version, checksum)` of the applied migrations.
+    fn applied(
+        &mut self,
+        sql: &'static str,
+    ) -> impl Future<Output = sqlx::Result<Vec<(i64, String)>>> + Send;
+    /// Runs [`RECORD`] with its four parameters.
+    fn record(
+        &mut self,
+        sql: &'static str,
+        version: i64,
+        description: &'static str,
+        checksum: String,
+        at: i64,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Commits.
+    fn commit(self) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
-/// Applies the PostgreSQL migrations not yet recorded, in `tx`, which holds the
-/// migration advisory lock.
-#[cfg(feature = "postgres")]
-pub(crate) async fn run_postgres(mut tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<()> {
-    sqlx::Executor::execute(&mut *tx, MIGRATIONS_TABLE_DDL)
-        .await
-        .map_err(failed)?;
-    let applied: Vec<(i64, String)> = sqlx::query_as(APPLIED)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(failed)?;
-    for (m, sum) in pending(POSTGRES, &applied)? {
-        sqlx::Executor::execute(&mut *tx, m.sql)
-            .await
-            .map_err(failed)?;
-        sqlx::query(RECORD)
-            .bind(m.version)
-            .bind(m.description)
-            .bind(sum)
-            .bind(now_ms())
-            .execute(&mut *tx)
+/// Applies the migrations of `known` not yet recorded, in one transaction, `tx`, which
+/// must hold the backend's migration lock (SQLite: the write lock; PostgreSQL: the
+/// advisory lock), so that instances starting together migrate one at a time.
+pub(crate) async fn run(mut tx: impl SchemaTx, known: &[Migration]) -> Result<()> {
+    tx.execute(MIGRATIONS_TABLE_DDL).await.map_err(failed)?;
+    let applied = tx.applied(APPLIED).await.map_err(failed)?;
+    for (m, sum) in pending(known, &applied)? {
+        tx.execute(m.sql).await.map_err(failed)?;
+        tx.record(RECORD, m.version, m.description, sum, now_ms())
             .await
             .map_err(failed)?;
     }

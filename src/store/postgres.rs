@@ -80,6 +80,6 @@ impl PostgresStore {
     /// Applies the embedded migrations not yet recorded, under the advisory lock.
     async fn run_migrations(&self) -> Result<()> {
         let tx = self.begin_locked().await.map_err(migrate::failed)?;
-        migrate::run_postgres(tx).await
+        migrate::run(tx, migrate::POSTGRES).await
     }
 }

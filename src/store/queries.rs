@@ -7,7 +7,8 @@
 //! generic sqlx bounds. Both databases take `$n` parameters and the two schemas
 //! (`migrations/<backend>/`) differ only in column types, so the SQL is the same.
 //!
-//! Every write runs in one transaction with its audit record.
+//! Every write runs in one transaction with its audit record. At the end, the
+//! statements the migration runner (`migrate.rs`) needs from a backend's transaction.
 
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
@@ -15,6 +16,7 @@ use sqlx::{Database, Transaction};
 use super::{Db, Store};
 use crate::audit::{AuditAction, AuditRecord};
 use crate::error::{Error, ErrorKind, Result};
+use crate::store::migrate::SchemaTx;
 use crate::store::{AuditQuery, AuditStore, ExpiryStore, KeyStore, RotationStore, StoredKey};
 
 /// A row of `byok_keys` as the queries below select it, in [`StoredKey`]'s field order.
@@ -374,6 +376,39 @@ impl AuditStore for Store {
                 })
             })
             .collect()
+    }
+}
+
+impl SchemaTx for Transaction<'_, Db> {
+    async fn execute(&mut self, sql: &'static str) -> sqlx::Result<()> {
+        sqlx::Executor::execute(&mut **self, sql).await?;
+        Ok(())
+    }
+
+    async fn applied(&mut self, sql: &'static str) -> sqlx::Result<Vec<(i64, String)>> {
+        sqlx::query_as(sql).fetch_all(&mut **self).await
+    }
+
+    async fn record(
+        &mut self,
+        sql: &'static str,
+        version: i64,
+        description: &'static str,
+        checksum: String,
+        at: i64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(sql)
+            .bind(version)
+            .bind(description)
+            .bind(checksum)
+            .bind(at)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> sqlx::Result<()> {
+        Transaction::commit(self).await
     }
 }
 

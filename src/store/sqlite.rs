@@ -135,7 +135,7 @@ impl SqliteStore {
     /// Applies the embedded migrations not yet recorded, under the write lock.
     async fn run_migrations(&self) -> Result<()> {
         let tx = self.begin_locked().await.map_err(migrate::failed)?;
-        migrate::run_sqlite(tx).await
+        migrate::run(tx, migrate::SQLITE).await
     }
 }
 
