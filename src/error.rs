@@ -44,6 +44,11 @@ pub enum ErrorKind {
     Migration,
     /// An operation did not finish within its deadline.
     Timeout,
+    /// The vault's store does not implement the optional capability an operation needs
+    /// (one of the capability traits of [`store`](crate::store), e.g.
+    /// [`RotationStore`](crate::store::RotationStore) for a rewrap); the message names
+    /// it. Nothing was read or written.
+    Unsupported,
     /// A legacy file could not be imported (module `import`, feature `import`): it is
     /// malformed or ambiguous, a key did not read back as imported, or removing the source
     /// was refused.
@@ -66,6 +71,7 @@ impl ErrorKind {
             Self::Store => "key store error",
             Self::Migration => "key store migration error",
             Self::Timeout => "operation timed out",
+            Self::Unsupported => "the key store does not support this operation",
             Self::Import => "legacy import error",
         }
     }
@@ -109,8 +115,8 @@ impl Error {
         self
     }
 
-    /// A database failure, for [`KeyStore`](crate::store::KeyStore) implementations outside this
-    /// crate: kind [`ErrorKind::Store`], with `source` as [`source`](StdError::source).
+    /// A database failure, for [`KeyStore`](crate::store::KeyStore) implementations (and its
+    /// capabilities) outside this crate: kind [`ErrorKind::Store`], with `source` as [`source`](StdError::source).
     ///
     /// The layer answers such a failure with `503` and retries at the next request. The
     /// source is never shown in [`Display`](fmt::Display); it must not hold a secret.

@@ -133,16 +133,19 @@
 //! | `src/resolve.rs` | who the user is: [`resolve::ResolveUser`] and its ready-made resolvers |
 //! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
 //! | `src/cache.rs` | the per-user cache: single-flight loads, invalidation, TTL |
-//! | `src/store/` | the [`store::KeyStore`] trait and its SQLite and PostgreSQL backends |
+//! | `src/store/key_store.rs` | the core [`store::KeyStore`] trait: `fetch_user` is the one query a cache miss makes |
+//! | `src/store/queries.rs` | that query and every other, in plain SQL, once for both backends; `src/store/sqlite.rs` and `src/store/postgres.rs` connect and open the transactions |
 //! | `src/vault/open.rs`, `src/crypto.rs` | decrypting a row: the per-user key, XChaCha20-Poly1305 |
 //! | `src/keys.rs` | what handlers get: [`UserKeys`], [`ProviderKey`] |
 //! | `src/extract.rs` | the axum extractor |
 //!
 //! Beside the request path: `src/vault/write.rs` (storing and deleting keys),
-//! `src/vault/rotation.rs` (master-key rotation), `src/keyring.rs` (master keys),
+//! `src/vault/rotation.rs` (master-key rotation), `src/store/capability.rs` (what a store
+//! may add to the core: rotation, expiry, audit reading), `src/store/migrate.rs` (the
+//! embedded migrations), `src/keyring.rs` (master keys),
 //! `src/check.rs` (checks before save), `src/import/` (legacy files, feature `import`) and
 //! `src/bin/tower-byok/` (the admin CLI). `tests/architecture.rs` keeps the modules free
-//! of import cycles.
+//! of import cycles, every source file under 700 lines and SQL out of macros.
 //!
 //! # Features
 //!

@@ -1,8 +1,20 @@
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::{sql_key_store, Migration};
+use super::migrate;
 use crate::error::{Error, Result};
+
+/// The store traits' SQL, shared with SQLite, compiled here against [`Db`] and [`Store`]:
+/// see `queries.rs`.
+#[allow(
+    clippy::duplicate_mod,
+    reason = "deliberate: one text for both backends, each compiled against its own types"
+)]
+#[path = "queries.rs"]
+mod queries;
+
+type Db = Postgres;
+type Store = PostgresStore;
 
 /// The production backend: PostgreSQL, shared by every instance of the application.
 ///
@@ -21,19 +33,6 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    const MIGRATIONS: &'static [Migration] = &[
-        Migration {
-            version: 1,
-            description: "init",
-            sql: include_str!("../../migrations/postgres/0001_init.sql"),
-        },
-        Migration {
-            version: 2,
-            description: "change feed",
-            sql: include_str!("../../migrations/postgres/0002_changes.sql"),
-        },
-    ];
-
     /// An arbitrary but fixed key for `pg_advisory_xact_lock`, so that instances starting
     /// together run the migrations one at a time ("byok" in ASCII).
     const MIGRATION_LOCK: i64 = 0x6279_6f6b;
@@ -62,6 +61,7 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// A write transaction (READ COMMITTED, the server's default).
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(Error::store)
     }
@@ -76,6 +76,10 @@ impl PostgresStore {
             .map_err(Error::store)?;
         Ok(tx)
     }
-}
 
-sql_key_store!(PostgresStore, Postgres);
+    /// Applies the embedded migrations not yet recorded, under the advisory lock.
+    async fn run_migrations(&self) -> Result<()> {
+        let tx = self.begin_locked().await.map_err(migrate::failed)?;
+        migrate::run(tx, migrate::POSTGRES).await
+    }
+}

@@ -7,8 +7,20 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::{sql_key_store, Migration};
+use super::migrate;
 use crate::error::{Error, Result};
+
+/// The store traits' SQL, shared with PostgreSQL, compiled here against [`Db`] and
+/// [`Store`]: see `queries.rs`.
+#[allow(
+    clippy::duplicate_mod,
+    reason = "deliberate: one text for both backends, each compiled against its own types"
+)]
+#[path = "queries.rs"]
+mod queries;
+
+type Db = Sqlite;
+type Store = SqliteStore;
 
 /// The embedded default backend: a SQLite file (WAL mode) or an in-memory database.
 ///
@@ -29,19 +41,6 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    const MIGRATIONS: &'static [Migration] = &[
-        Migration {
-            version: 1,
-            description: "init",
-            sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-        },
-        Migration {
-            version: 2,
-            description: "change feed",
-            sql: include_str!("../../migrations/sqlite/0002_changes.sql"),
-        },
-    ];
-
     /// Opens (creating if needed) a database file in WAL mode, with a busy timeout and
     /// full fsync on commit, so a stored key survives a crash right after `put` returns.
     ///
@@ -132,11 +131,15 @@ impl SqliteStore {
     async fn begin_locked(&self) -> Result<Transaction<'static, Sqlite>> {
         self.begin_write().await
     }
+
+    /// Applies the embedded migrations not yet recorded, under the write lock.
+    async fn run_migrations(&self) -> Result<()> {
+        let tx = self.begin_locked().await.map_err(migrate::failed)?;
+        migrate::run(tx, migrate::SQLITE).await
+    }
 }
 
 /// SQLITE_BUSY (5) or SQLITE_LOCKED (6).
 fn is_busy(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")))
 }
-
-sql_key_store!(SqliteStore, Sqlite);

@@ -18,7 +18,7 @@ use crate::crypto::VaultSecret;
 use crate::error::{Error, ErrorKind, Result};
 use crate::feed::{Feed, FeedConfig, FeedStatus};
 use crate::keyring::Keyring;
-use crate::store::{DynStore, KeyStore};
+use crate::store::{DynAudit, DynExpiry, DynKeyStore, DynRotation, KeyStore};
 pub(crate) use crate::time::{from_unix_ms, unix_ms};
 
 mod builder;
@@ -88,12 +88,42 @@ pub struct Vault {
 
 pub(crate) struct Inner {
     pub(crate) checks: HashMap<String, Box<dyn KeyCheck>>,
-    pub(crate) store: Box<dyn DynStore>,
+    pub(crate) store: Box<dyn DynKeyStore>,
     pub(crate) keyring: Keyring,
     pub(crate) secret: VaultSecret,
     pub(crate) cache: Arc<KeyCache>,
     /// Follows writes made elsewhere; stops when the vault is dropped.
     pub(crate) feed: Feed,
+}
+
+impl Inner {
+    /// The store's [`RotationStore`](crate::store::RotationStore) capability, or
+    /// [`ErrorKind::Unsupported`].
+    pub(crate) fn rotation(&self) -> Result<&dyn DynRotation> {
+        self.store
+            .rotation()
+            .ok_or_else(|| unsupported("RotationStore"))
+    }
+
+    /// The store's [`ExpiryStore`](crate::store::ExpiryStore) capability, or
+    /// [`ErrorKind::Unsupported`].
+    pub(crate) fn expiry(&self) -> Result<&dyn DynExpiry> {
+        self.store
+            .expiry()
+            .ok_or_else(|| unsupported("ExpiryStore"))
+    }
+
+    /// The store's [`AuditStore`](crate::store::AuditStore) capability, or
+    /// [`ErrorKind::Unsupported`].
+    pub(crate) fn audit(&self) -> Result<&dyn DynAudit> {
+        self.store.audit().ok_or_else(|| unsupported("AuditStore"))
+    }
+}
+
+fn unsupported(capability: &'static str) -> Error {
+    Error::new(ErrorKind::Unsupported).with_detail(format!(
+        "the store does not implement store::{capability}, which this operation needs"
+    ))
 }
 
 impl Vault {

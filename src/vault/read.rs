@@ -118,13 +118,15 @@ impl Vault {
     /// # Errors
     ///
     /// Input and store errors as [`put`](Self::put).
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not an [`AuditStore`](crate::store::AuditStore).
     pub async fn audit_trail(&self, user_id: &str) -> Result<Vec<AuditRecord>> {
         let user_id = validate::user_id(user_id)?;
         let query = AuditQuery {
             user_ref: Some(self.user_ref(user_id)),
             ..AuditQuery::default()
         };
-        self.inner.store.audit_trail(&query).await
+        self.inner.audit()?.audit_trail(&query).await
     }
 
     /// The whole audit log, or the part in `[since, until)`, oldest first.
@@ -132,6 +134,8 @@ impl Vault {
     /// # Errors
     ///
     /// [`ErrorKind::Store`] when the database fails.
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not an [`AuditStore`](crate::store::AuditStore).
     pub async fn audit_log(
         &self,
         since: Option<SystemTime>,
@@ -142,6 +146,6 @@ impl Vault {
             until: until.map(unix_ms),
             ..AuditQuery::default()
         };
-        self.inner.store.audit_trail(&query).await
+        self.inner.audit()?.audit_trail(&query).await
     }
 }

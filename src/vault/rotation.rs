@@ -113,7 +113,7 @@ impl<'v> Pager<'v> {
         let page = self
             .vault
             .inner
-            .store
+            .rotation()?
             .keys_page(cursor, self.page, self.not_under)
             .await?;
         if let Some(last) = page.last() {
@@ -173,11 +173,14 @@ impl Vault {
     /// # Errors
     ///
     /// [`ErrorKind::Store`] when the database fails; rows handled until then stay done.
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not a [`RotationStore`](crate::store::RotationStore).
     pub async fn rewrap(
         &self,
         batch: u32,
         mut progress: impl FnMut(Progress),
     ) -> Result<RewrapReport> {
+        self.inner.rotation()?;
         let active = self.inner.keyring.active();
         let total = self
             .master_key_usage()
@@ -213,7 +216,10 @@ impl Vault {
                 // The plaintext is unchanged, so no cache entry needs forgetting.
                 let resealed = self
                     .detached_write(None, move |inner| async move {
-                        inner.store.reseal(&row, &key_id, &sealed, &audit).await
+                        inner
+                            .rotation()?
+                            .reseal(&row, &key_id, &sealed, &audit)
+                            .await
                     })
                     .await?;
                 if resealed {
@@ -240,7 +246,10 @@ impl Vault {
     /// # Errors
     ///
     /// [`ErrorKind::Store`] when the database fails.
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not a [`RotationStore`](crate::store::RotationStore).
     pub async fn verify(&self, mut progress: impl FnMut(Progress)) -> Result<VerifyReport> {
+        self.inner.rotation()?;
         let usage = self.master_key_usage().await?;
         let total = usage.iter().map(|u| u.rows).sum();
         let mut report = VerifyReport {
@@ -288,7 +297,10 @@ impl Vault {
     /// [`ErrorKind::InvalidKeyring`] when the database knows no such key;
     /// [`ErrorKind::Store`] when the database fails. No instance may still run with the
     /// key active: retire it only after every instance has the new keyring.
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not a [`RotationStore`](crate::store::RotationStore).
     pub async fn retire_master_key(&self, key_id: &str) -> Result<()> {
+        self.inner.rotation()?;
         let in_use = |detail: String| Error::new(ErrorKind::MasterKeyInUse).with_detail(detail);
         if self.inner.keyring.active().id() == key_id {
             return Err(in_use("the active key cannot be retired".to_owned()));
@@ -305,7 +317,7 @@ impl Vault {
                 "{rows} stored keys are still sealed under `{key_id}`: run a rewrap first"
             )));
         }
-        if !self.inner.store.remove_check_record(key_id).await? {
+        if !self.inner.rotation()?.remove_check_record(key_id).await? {
             return Err(if rows_under(self.master_key_usage().await?) > 0 {
                 in_use(format!(
                     "stored keys were written under `{key_id}` meanwhile: run a rewrap first"

@@ -175,6 +175,8 @@ impl Vault {
     /// # Errors
     ///
     /// Input and store errors as [`put`](Self::put).
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not an [`ExpiryStore`](crate::store::ExpiryStore).
     pub async fn set_expiry(
         &self,
         user_id: &str,
@@ -183,11 +185,12 @@ impl Vault {
     ) -> Result<bool> {
         let user_id = validate::user_id(user_id)?;
         let provider = validate::provider(provider)?;
+        self.inner.expiry()?;
         let audit = self.audit(user_id, unix_ms(SystemTime::now()));
         let (user, provider) = (user_id.to_owned(), provider.into_owned());
         self.detached_write(Some(user_id), move |inner| async move {
             inner
-                .store
+                .expiry()?
                 .set_expiry(&user, &provider, expires_at.map(unix_ms), &audit)
                 .await
         })
@@ -201,11 +204,14 @@ impl Vault {
     /// # Errors
     ///
     /// [`ErrorKind::Store`] when the database fails; keys purged until then stay purged.
+    ///
+    /// [`ErrorKind::Unsupported`] when the store is not an [`ExpiryStore`](crate::store::ExpiryStore).
     pub async fn purge_expired(&self) -> Result<usize> {
+        self.inner.expiry()?;
         let mut purged = 0;
         loop {
             let now = unix_ms(SystemTime::now());
-            let expired = self.inner.store.expired_keys(now, PAGE).await?;
+            let expired = self.inner.expiry()?.expired_keys(now, PAGE).await?;
             if expired.is_empty() {
                 break;
             }
@@ -216,7 +222,7 @@ impl Vault {
                 let deleted = self
                     .detached_write(Some(user_id), move |inner| async move {
                         inner
-                            .store
+                            .expiry()?
                             .delete_expired(&user, &provider, now, &audit)
                             .await
                     })

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
+use tower_byok::store::{AuditStore, ExpiryStore, KeyStore, RotationStore, StoredKey};
+use tower_byok::{AuditAction, AuditRecord, Keyring, MasterKey, Result, SqliteStore, Vault};
 
 #[cfg(feature = "postgres")]
 pub mod proxy;
@@ -337,7 +338,7 @@ impl Checks {
         self
     }
 
-    fn apply<S: tower_byok::store::KeyStore>(
+    fn apply<S: KeyStore>(
         self,
         mut builder: tower_byok::VaultBuilder<S>,
     ) -> tower_byok::VaultBuilder<S> {
@@ -434,14 +435,13 @@ pub struct Probed<S> {
     probe: Probe,
 }
 
-impl<S: tower_byok::store::KeyStore> tower_byok::store::KeyStore for Probed<S> {
-    async fn migrate(&self) -> tower_byok::Result<()> {
+/// Forwards to the real store, counting (and maybe holding) `fetch_user`; capabilities
+/// are the inner store's own, passed through whole.
+impl<S: KeyStore> KeyStore for Probed<S> {
+    async fn migrate(&self) -> Result<()> {
         self.inner.migrate().await
     }
-    async fn fetch_user(
-        &self,
-        user_id: &str,
-    ) -> tower_byok::Result<Vec<tower_byok::store::StoredKey>> {
+    async fn fetch_user(&self, user_id: &str) -> Result<Vec<StoredKey>> {
         self.probe.loads.fetch_add(1, Ordering::SeqCst);
         let rows = self.inner.fetch_user(user_id).await;
         self.probe.loads_read.fetch_add(1, Ordering::SeqCst);
@@ -451,29 +451,21 @@ impl<S: tower_byok::store::KeyStore> tower_byok::store::KeyStore for Probed<S> {
         }
         rows
     }
-    async fn fetch_key(
-        &self,
-        user_id: &str,
-        provider: &str,
-    ) -> tower_byok::Result<Option<tower_byok::store::StoredKey>> {
+    async fn fetch_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>> {
         self.inner.fetch_key(user_id, provider).await
     }
-    async fn upsert(
-        &self,
-        row: &tower_byok::store::StoredKey,
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<tower_byok::AuditAction> {
+    async fn upsert(&self, row: &StoredKey, audit: &AuditRecord) -> Result<AuditAction> {
         self.inner.upsert(row, audit).await
     }
     async fn delete(
         &self,
         user_id: &str,
         provider: Option<&str>,
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<Vec<String>> {
+        audit: &AuditRecord,
+    ) -> Result<Vec<String>> {
         self.inner.delete(user_id, provider, audit).await
     }
-    async fn check_records(&self) -> tower_byok::Result<Vec<(String, Vec<u8>)>> {
+    async fn check_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.inner.check_records().await
     }
     async fn add_check_records(
@@ -481,68 +473,22 @@ impl<S: tower_byok::store::KeyStore> tower_byok::store::KeyStore for Probed<S> {
         records: &[(&str, Vec<u8>)],
         at: i64,
         only_if_none: bool,
-    ) -> tower_byok::Result<usize> {
+    ) -> Result<usize> {
         self.inner
             .add_check_records(records, at, only_if_none)
             .await
     }
-    async fn remove_check_record(&self, key_id: &str) -> tower_byok::Result<bool> {
-        self.inner.remove_check_record(key_id).await
-    }
-    async fn audit_trail(
-        &self,
-        query: &tower_byok::store::AuditQuery,
-    ) -> tower_byok::Result<Vec<tower_byok::AuditRecord>> {
-        self.inner.audit_trail(query).await
-    }
-    async fn keys_page(
-        &self,
-        after: Option<(&str, &str)>,
-        limit: u32,
-        exclude_key_id: Option<&str>,
-    ) -> tower_byok::Result<Vec<tower_byok::store::StoredKey>> {
-        self.inner.keys_page(after, limit, exclude_key_id).await
-    }
-    async fn reseal(
-        &self,
-        old: &tower_byok::store::StoredKey,
-        key_id: &str,
-        sealed: &[u8],
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<bool> {
-        self.inner.reseal(old, key_id, sealed, audit).await
-    }
-    async fn key_usage(&self) -> tower_byok::Result<Vec<(String, i64)>> {
+    async fn key_usage(&self) -> Result<Vec<(String, i64)>> {
         self.inner.key_usage().await
     }
-    async fn set_expiry(
-        &self,
-        user_id: &str,
-        provider: &str,
-        expires_at: Option<i64>,
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<bool> {
-        self.inner
-            .set_expiry(user_id, provider, expires_at, audit)
-            .await
+    fn rotation(&self) -> Option<&impl RotationStore> {
+        self.inner.rotation()
     }
-    async fn expired_keys(
-        &self,
-        now: i64,
-        limit: u32,
-    ) -> tower_byok::Result<Vec<(String, String)>> {
-        self.inner.expired_keys(now, limit).await
+    fn expiry(&self) -> Option<&impl ExpiryStore> {
+        self.inner.expiry()
     }
-    async fn delete_expired(
-        &self,
-        user_id: &str,
-        provider: &str,
-        now: i64,
-        audit: &tower_byok::AuditRecord,
-    ) -> tower_byok::Result<bool> {
-        self.inner
-            .delete_expired(user_id, provider, now, audit)
-            .await
+    fn audit(&self) -> Option<&impl AuditStore> {
+        self.inner.audit()
     }
 }
 

@@ -1,0 +1,162 @@
+//! The core store trait, and its erasure for the one [`Vault`](crate::Vault) type.
+
+use std::future::Future;
+
+use super::capability::{
+    AuditStore, DynAudit, DynExpiry, DynRotation, ExpiryStore, Never, RotationStore,
+};
+use super::{BoxFuture, StoredKey};
+use crate::audit::{AuditAction, AuditRecord};
+use crate::error::Result;
+
+/// The storage a [`Vault`](crate::Vault) runs on: what serving requests and the vault's
+/// basic operations need. Optional capabilities are announced by [`rotation`](Self::rotation),
+/// [`expiry`](Self::expiry) and [`audit`](Self::audit); see [the module docs](crate::store).
+///
+/// Implemented by [`SqliteStore`](crate::SqliteStore) and
+/// [`PostgresStore`](crate::PostgresStore). Methods may run concurrently, from several
+/// instances sharing the data. Every write method is atomic and writes its audit records
+/// in the same transaction as the change, so a change without its record cannot happen;
+/// it returns once the change is durable, or with an error after which nothing of it
+/// is visible. User ids, provider names and key ids match exactly, byte for byte;
+/// orders may follow the store's own collation (the vault sorts what it relies on).
+pub trait KeyStore: Send + Sync + 'static {
+    /// Creates or upgrades the schema, run once when a vault opens. Idempotent; safe to
+    /// run from several processes at once. A store without a schema returns `Ok(())`.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// All rows of one user, expired ones included, ordered by provider. The request
+    /// path's one query (on a cache miss).
+    ///
+    /// The order may be the store's collation: the vault re-sorts by bytes.
+    fn fetch_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// One row, expired or not.
+    fn fetch_key(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> impl Future<Output = Result<Option<StoredKey>>> + Send;
+
+    /// Inserts the row, or replaces every field of the row for the same user and provider
+    /// except its `created_at`, and writes `audit` (its provider set to the row's, its
+    /// action to [`AuditAction::Put`] or [`AuditAction::Replace`]) in the same
+    /// transaction. Returns the action taken. Two concurrent first writes of one key
+    /// must end as one put and one replace, never two puts or a failure.
+    fn upsert(
+        &self,
+        row: &StoredKey,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<AuditAction>> + Send;
+
+    /// Deletes one provider's row of a user, or all the user's rows when `provider` is
+    /// `None`, writing one `audit` record per deleted row (its provider filled in, action
+    /// [`AuditAction::Delete`]) in the same transaction. Returns the deleted providers.
+    fn delete(
+        &self,
+        user_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// The check records `(master key id, sealed vault secret)`, oldest first.
+    fn check_records(&self) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
+
+    /// Adds check records `(master key id, sealed vault secret)`, each unless one exists
+    /// for its key id; when `only_if_none`, adds none unless there are none yet. Returns
+    /// how many it added. Atomic against another instance doing the same at the same
+    /// time: two vaults opening a new database at once must not both add first records.
+    fn add_check_records(
+        &self,
+        records: &[(&str, Vec<u8>)],
+        at: i64,
+        only_if_none: bool,
+    ) -> impl Future<Output = Result<usize>> + Send;
+
+    /// How many rows each master key id seals, ordered by key id. A vault refuses to open
+    /// while rows are sealed under a key its keyring lacks.
+    fn key_usage(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+
+    /// This store as a [`RotationStore`], if it is one. `None` by default; a store that
+    /// implements the trait returns `Some(self)`.
+    fn rotation(&self) -> Option<&impl RotationStore> {
+        None::<&Never>
+    }
+
+    /// This store as an [`ExpiryStore`], if it is one. `None` by default.
+    fn expiry(&self) -> Option<&impl ExpiryStore> {
+        None::<&Never>
+    }
+
+    /// This store as an [`AuditStore`], if it is one. `None` by default.
+    fn audit(&self) -> Option<&impl AuditStore> {
+        None::<&Never>
+    }
+}
+
+/// [`KeyStore`] made object safe, so that [`Vault`](crate::Vault) is one type whatever its
+/// backend: only what a vault calls once it is open. The box costs nanoseconds on a path
+/// that waits on a database.
+pub(crate) trait DynKeyStore: Send + Sync + 'static {
+    fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn fetch_key<'a>(
+        &'a self,
+        user: &'a str,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredKey>>>;
+    fn upsert<'a>(
+        &'a self,
+        row: &'a StoredKey,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<AuditAction>>;
+    fn delete<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: Option<&'a str>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    fn key_usage(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>>;
+    fn rotation(&self) -> Option<&dyn DynRotation>;
+    fn expiry(&self) -> Option<&dyn DynExpiry>;
+    fn audit(&self) -> Option<&dyn DynAudit>;
+}
+
+impl<S: KeyStore> DynKeyStore for S {
+    fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
+        Box::pin(KeyStore::fetch_user(self, user_id))
+    }
+    fn fetch_key<'a>(
+        &'a self,
+        user: &'a str,
+        provider: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredKey>>> {
+        Box::pin(KeyStore::fetch_key(self, user, provider))
+    }
+    fn upsert<'a>(
+        &'a self,
+        row: &'a StoredKey,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<AuditAction>> {
+        Box::pin(KeyStore::upsert(self, row, audit))
+    }
+    fn delete<'a>(
+        &'a self,
+        user_id: &'a str,
+        provider: Option<&'a str>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(KeyStore::delete(self, user_id, provider, audit))
+    }
+    fn key_usage(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
+        Box::pin(KeyStore::key_usage(self))
+    }
+    fn rotation(&self) -> Option<&dyn DynRotation> {
+        KeyStore::rotation(self).map(|s| s as &dyn DynRotation)
+    }
+    fn expiry(&self) -> Option<&dyn DynExpiry> {
+        KeyStore::expiry(self).map(|s| s as &dyn DynExpiry)
+    }
+    fn audit(&self) -> Option<&dyn DynAudit> {
+        KeyStore::audit(self).map(|s| s as &dyn DynAudit)
+    }
+}

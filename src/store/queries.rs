@@ -1,0 +1,465 @@
+//! The store traits on SQL, written once for both built-in backends.
+//!
+//! `sqlite.rs` and `postgres.rs` each compile this file as their own `queries` module
+//! (`#[path = "queries.rs"]`), against their own `Db` (the sqlx database) and `Store`
+//! (the store type), and their own `begin_write` and `begin_locked` transactions: the
+//! functions here are plain, monomorphic and formatted by rustfmt, with no macro and no
+//! generic sqlx bounds. Both databases take `$n` parameters and the two schemas
+//! (`migrations/<backend>/`) differ only in column types, so the SQL is the same.
+//!
+//! Every write runs in one transaction with its audit record. At the end, the
+//! statements the migration runner (`migrate.rs`) needs from a backend's transaction.
+
+use sqlx::query::Query;
+use sqlx::{Database, Transaction};
+
+use super::{Db, Store};
+use crate::audit::{AuditAction, AuditRecord};
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::migrate::SchemaTx;
+use crate::store::{AuditQuery, AuditStore, ExpiryStore, KeyStore, RotationStore, StoredKey};
+
+/// A row of `byok_keys` as the queries below select it, in [`StoredKey`]'s field order.
+type KeyRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+impl KeyStore for Store {
+    async fn migrate(&self) -> Result<()> {
+        self.run_migrations().await
+    }
+
+    async fn fetch_user(&self, user_id: &str) -> Result<Vec<StoredKey>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
+            "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+            "FROM byok_keys WHERE user_id = $1 ORDER BY provider"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::store)?;
+        Ok(rows.into_iter().map(stored_key).collect())
+    }
+
+    async fn fetch_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>> {
+        let row: Option<KeyRow> = sqlx::query_as(concat!(
+            "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+            "FROM byok_keys WHERE user_id = $1 AND provider = $2"
+        ))
+        .bind(user_id)
+        .bind(provider)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(Error::store)?;
+        Ok(row.map(stored_key))
+    }
+
+    async fn upsert(&self, row: &StoredKey, audit: &AuditRecord) -> Result<AuditAction> {
+        let mut tx = self.begin_write().await?;
+        // Insert-or-nothing, then update: under PostgreSQL's READ COMMITTED a second
+        // concurrent first write waits on the first's unique-index entry and then
+        // takes the update branch, so exactly one of them is audited as a put.
+        let action = loop {
+            let inserted = bind_row(
+                sqlx::query(concat!(
+                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
+                    "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
+                    "ON CONFLICT (user_id, provider) DO NOTHING"
+                )),
+                row,
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::store)?;
+            if inserted.rows_affected() == 1 {
+                break AuditAction::Put;
+            }
+            // The same parameters in the same places as the insert.
+            let updated = bind_row(
+                sqlx::query(concat!(
+                    "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
+                    "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2"
+                )),
+                row,
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::store)?;
+            if updated.rows_affected() == 1 {
+                break AuditAction::Replace;
+            }
+            // Deleted between the two statements by another transaction: insert again.
+        };
+        insert_audit(&mut tx, audit, &row.provider, action).await?;
+        tx.commit().await.map_err(Error::store)?;
+        Ok(action)
+    }
+
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let deleted: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM byok_keys WHERE user_id = $1 AND ($2 IS NULL OR provider = $2) RETURNING provider",
+        )
+        .bind(user_id)
+        .bind(provider)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::store)?;
+        for provider in &deleted {
+            insert_audit(&mut tx, audit, provider, AuditAction::Delete).await?;
+        }
+        tx.commit().await.map_err(Error::store)?;
+        Ok(deleted)
+    }
+
+    async fn check_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        sqlx::query_as("SELECT key_id, sealed FROM byok_check ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::store)
+    }
+
+    async fn add_check_records(
+        &self,
+        records: &[(&str, Vec<u8>)],
+        at: i64,
+        only_if_none: bool,
+    ) -> Result<usize> {
+        // Under the migration lock, so two instances opening a new database at once
+        // cannot both create first records, each with its own vault secret.
+        let mut tx = self.begin_locked().await?;
+        if only_if_none {
+            let any: Option<i32> = sqlx::query_scalar("SELECT 1 FROM byok_check LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::store)?;
+            if any.is_some() {
+                return Ok(0);
+            }
+        }
+        let mut added = 0;
+        for (key_id, sealed) in records {
+            let done = sqlx::query(
+                "INSERT INTO byok_check (key_id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
+            )
+            .bind(key_id)
+            .bind(sealed)
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::store)?;
+            added += usize::try_from(done.rows_affected()).unwrap_or(0);
+        }
+        tx.commit().await.map_err(Error::store)?;
+        Ok(added)
+    }
+
+    async fn key_usage(&self) -> Result<Vec<(String, i64)>> {
+        sqlx::query_as("SELECT key_id, COUNT(*) FROM byok_keys GROUP BY key_id ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Error::store)
+    }
+
+    fn rotation(&self) -> Option<&impl RotationStore> {
+        Some(self)
+    }
+
+    fn expiry(&self) -> Option<&impl ExpiryStore> {
+        Some(self)
+    }
+
+    fn audit(&self) -> Option<&impl AuditStore> {
+        Some(self)
+    }
+}
+
+impl RotationStore for Store {
+    async fn keys_page(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> Result<Vec<StoredKey>> {
+        // The first page starts after ("", ""), below every row (user ids are never
+        // empty), so the condition is always a plain range the key's index serves.
+        let (after_user, after_provider) = after.unwrap_or(("", ""));
+        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
+            "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+            "FROM byok_keys WHERE ($1 IS NULL OR key_id <> $1) ",
+            "AND (user_id, provider) > ($2, $3) ",
+            "ORDER BY user_id, provider LIMIT $4"
+        ))
+        .bind(exclude_key_id)
+        .bind(after_user)
+        .bind(after_provider)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::store)?;
+        Ok(rows.into_iter().map(stored_key).collect())
+    }
+
+    async fn reseal(
+        &self,
+        old: &StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(concat!(
+            "UPDATE byok_keys SET key_id = $3, sealed = $4 ",
+            "WHERE user_id = $1 AND provider = $2 AND key_id = $5 AND sealed = $6"
+        ))
+        .bind(&old.user_id)
+        .bind(&old.provider)
+        .bind(key_id)
+        .bind(sealed)
+        .bind(&old.key_id)
+        .bind(&old.sealed)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::store)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit, &old.provider, AuditAction::Rewrap).await?;
+        tx.commit().await.map_err(Error::store)?;
+        Ok(true)
+    }
+
+    async fn remove_check_record(&self, key_id: &str) -> Result<bool> {
+        // One statement: no row can come to need the key between check and delete.
+        let done = sqlx::query(concat!(
+            "DELETE FROM byok_check WHERE key_id = $1 ",
+            "AND NOT EXISTS (SELECT 1 FROM byok_keys WHERE key_id = $1)"
+        ))
+        .bind(key_id)
+        .execute(&self.pool)
+        .await
+        .map_err(Error::store)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+impl ExpiryStore for Store {
+    async fn set_expiry(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expires_at: Option<i64>,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE byok_keys SET expires_at = $3 WHERE user_id = $1 AND provider = $2",
+        )
+        .bind(user_id)
+        .bind(provider)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::store)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit, provider, AuditAction::ExpiryChange).await?;
+        tx.commit().await.map_err(Error::store)?;
+        Ok(true)
+    }
+
+    async fn expired_keys(&self, now: i64, limit: u32) -> Result<Vec<(String, String)>> {
+        sqlx::query_as(concat!(
+            "SELECT user_id, provider FROM byok_keys WHERE expires_at IS NOT NULL AND expires_at <= $1 ",
+            "ORDER BY expires_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::store)
+    }
+
+    async fn delete_expired(
+        &self,
+        user_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(concat!(
+            "DELETE FROM byok_keys WHERE user_id = $1 AND provider = $2 ",
+            "AND expires_at IS NOT NULL AND expires_at <= $3"
+        ))
+        .bind(user_id)
+        .bind(provider)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::store)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, audit, provider, AuditAction::Purge).await?;
+        tx.commit().await.map_err(Error::store)?;
+        Ok(true)
+    }
+}
+
+impl AuditStore for Store {
+    async fn audit_trail(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        // Only the conditions given, so each query can use its index.
+        let mut sql = String::from("SELECT at, user_ref, provider, action, actor FROM byok_audit");
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        let mut placeholder = || {
+            n += 1;
+            format!("${n}")
+        };
+        if query.user_ref.is_some() {
+            conditions.push(format!("user_ref = {}", placeholder()));
+        }
+        if query.since.is_some() {
+            conditions.push(format!("at >= {}", placeholder()));
+        }
+        if query.until.is_some() {
+            conditions.push(format!("at < {}", placeholder()));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        sql.push_str(" ORDER BY id");
+        if query.limit.is_some() {
+            sql.push_str(&format!(" LIMIT {}", placeholder()));
+        }
+        let mut q = sqlx::query_as::<_, (i64, String, String, String, String)>(&sql);
+        if let Some(user_ref) = &query.user_ref {
+            q = q.bind(user_ref);
+        }
+        if let Some(since) = query.since {
+            q = q.bind(since);
+        }
+        if let Some(until) = query.until {
+            q = q.bind(until);
+        }
+        if let Some(limit) = query.limit {
+            q = q.bind(i64::from(limit));
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(Error::store)?;
+        rows.into_iter()
+            .map(|(at, user_ref, provider, action, actor)| {
+                let action = AuditAction::parse(&action).ok_or_else(|| {
+                    Error::new(ErrorKind::Store).with_detail("unknown audit action")
+                })?;
+                Ok(AuditRecord {
+                    at,
+                    user_ref,
+                    provider,
+                    action,
+                    actor,
+                })
+            })
+            .collect()
+    }
+}
+
+impl SchemaTx for Transaction<'_, Db> {
+    async fn execute(&mut self, sql: &'static str) -> sqlx::Result<()> {
+        sqlx::Executor::execute(&mut **self, sql).await?;
+        Ok(())
+    }
+
+    async fn applied(&mut self, sql: &'static str) -> sqlx::Result<Vec<(i64, String)>> {
+        sqlx::query_as(sql).fetch_all(&mut **self).await
+    }
+
+    async fn record(
+        &mut self,
+        sql: &'static str,
+        version: i64,
+        description: &'static str,
+        checksum: String,
+        at: i64,
+    ) -> sqlx::Result<()> {
+        sqlx::query(sql)
+            .bind(version)
+            .bind(description)
+            .bind(checksum)
+            .bind(at)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> sqlx::Result<()> {
+        Transaction::commit(self).await
+    }
+}
+
+fn stored_key(row: KeyRow) -> StoredKey {
+    let (user_id, provider, key_id, sealed, hint, fingerprint, created, updated, expires) = row;
+    StoredKey {
+        user_id,
+        provider,
+        key_id,
+        sealed,
+        hint,
+        fingerprint,
+        created_at: created,
+        updated_at: updated,
+        expires_at: expires,
+    }
+}
+
+/// Binds a row's values as `$1`..`$8`: user, provider, key id, sealed blob, hint,
+/// fingerprint, time written, expiry.
+fn bind_row<'q>(
+    query: Query<'q, Db, <Db as Database>::Arguments<'q>>,
+    row: &'q StoredKey,
+) -> Query<'q, Db, <Db as Database>::Arguments<'q>> {
+    query
+        .bind(&row.user_id)
+        .bind(&row.provider)
+        .bind(&row.key_id)
+        .bind(&row.sealed)
+        .bind(&row.hint)
+        .bind(&row.fingerprint)
+        .bind(row.updated_at)
+        .bind(row.expires_at)
+}
+
+async fn insert_audit(
+    tx: &mut Transaction<'static, Db>,
+    audit: &AuditRecord,
+    provider: &str,
+    action: AuditAction,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO byok_audit (at, user_ref, provider, action, actor) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(audit.at)
+    .bind(&audit.user_ref)
+    .bind(provider)
+    .bind(action.as_str())
+    .bind(&audit.actor)
+    .execute(&mut **tx)
+    .await
+    .map_err(Error::store)?;
+    Ok(())
+}
