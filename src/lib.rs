@@ -120,8 +120,11 @@
 //!   `Debug` output or log line of this crate contains a secret or a raw user id: logs
 //!   and the audit trail name users by a keyed hash ([`Vault::user_ref`]).
 //! - Not protected: someone who can write to the database can delete rows, or put back
-//!   an older blob of the same user and provider. The cache serves a key replaced by
-//!   another instance for up to its TTL (30 s by default).
+//!   an older blob of the same user and provider. A key replaced or deleted by another
+//!   instance, the CLI or raw SQL is served here until the change feed delivers the
+//!   write (within the poll interval, 1 s by default, or milliseconds with PostgreSQL
+//!   `LISTEN`: see [`VaultBuilder::watch_changes`] and the README's "Several
+//!   instances"), or up to the cache TTL (30 s by default) with the feed off.
 //!
 //! # Where things are
 //!
@@ -133,6 +136,7 @@
 //! | `src/resolve.rs` | who the user is: [`resolve::ResolveUser`] and its ready-made resolvers |
 //! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
 //! | `src/cache.rs` | the per-user cache: single-flight loads, invalidation, TTL |
+//! | `src/feed/` | hearing of writes made elsewhere: the change feed each vault follows, by polling and (PostgreSQL) `LISTEN`, to invalidate the cache |
 //! | `src/store/key_store.rs` | the core [`store::KeyStore`] trait: `fetch_user` is the one query a cache miss makes |
 //! | `src/store/queries.rs` | that query and every other, in plain SQL, once for both backends; `src/store/sqlite.rs` and `src/store/postgres.rs` connect and open the transactions |
 //! | `src/vault/open.rs`, `src/crypto.rs` | decrypting a row: the per-user key, XChaCha20-Poly1305 |

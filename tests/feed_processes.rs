@@ -12,7 +12,6 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// Where a server process finds its database.
 const DB_VAR: &str = "BYOK_FEED_SERVER_DB";
 

@@ -110,11 +110,19 @@ async fn open_vault(url: Option<&str>, keyring: Keyring, actor: &str) -> CmdResu
             let store = SqliteStore::connect(url)
                 .await
                 .map_err(|e| connect_fail(&e, url))?;
-            Vault::open(store, keyring).await
+            // A command serves nothing from the cache: it needs no change feed (and on
+            // PostgreSQL no listening connection of its own).
+            Vault::builder(store, keyring)
+                .watch_changes(false)
+                .open()
+                .await
         }
         Some("postgres" | "postgresql") => {
             let store = connect_postgres(url).await?;
-            Vault::open(store, keyring).await
+            Vault::builder(store, keyring)
+                .watch_changes(false)
+                .open()
+                .await
         }
         _ => {
             return Err(Fail::new(
