@@ -12,7 +12,8 @@
 //!
 //! Then, with nothing changing, the reader measures its own CPU time over an idle
 //! window (per thread, from `/proc/self/task/*/schedstat`) and the writer counts the
-//! database's transactions over it (`pg_stat_database.xact_commit`, PostgreSQL only);
+//! database's transactions over it (`pg_stat_database.xact_commit`, PostgreSQL only,
+//! read after the statistics of the window have been flushed, the reader stopped);
 //! finally the reader times cache hits with its feed running. A reader with the feed
 //! turned off gives the floor for both.
 //!
@@ -214,6 +215,14 @@ impl Reader {
         self.stdin.flush().unwrap();
     }
 
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
     fn ask(&mut self, line: &str) -> String {
         self.send(line);
         let mut answer = String::new();
@@ -362,10 +371,17 @@ async fn writer() {
                 max = percentile(&lat, 1.0);
             }
         }
-        tokio::time::sleep(Duration::from_millis(1500)).await; // let the last reads settle
+        // PostgreSQL counts a backend's transactions in pg_stat_database when it flushes
+        // its statistics: at most once a second, and within 10 s of going idle. So wait
+        // for everything before the window to be counted, and after it, stop the reader
+        // (SIGSTOP) and wait again, so that exactly its window is counted.
+        tokio::time::sleep(Duration::from_secs(if full { 11 } else { 1 })).await;
         let before = xact_commits(&mode.url).await;
         let idle = reader.ask(&format!("idle {idle_seconds}"));
+        reader.signal("STOP");
+        tokio::time::sleep(Duration::from_secs(if full { 11 } else { 1 })).await;
         let after = xact_commits(&mode.url).await;
+        reader.signal("CONT");
         let idle_ns: f64 = idle.trim_start_matches("idle ").parse().unwrap();
         let per_second = |n: f64| n / idle_seconds as f64;
         let xacts = match (before, after) {

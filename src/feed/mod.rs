@@ -195,12 +195,17 @@ impl Feed {
         config: FeedConfig,
     ) -> Result<Self> {
         let newest = source.newest().await?;
-        let tracker = Tracker::new((newest - S::START_WINDOW).max(0));
+        let mut tracker = Tracker::new((newest - S::START_WINDOW).max(0));
+        // The first read, before the vault serves anything: its invalidations find an
+        // empty cache, instead of racing the first loads.
+        if let Some(cache) = cache.upgrade() {
+            catch_up(&mut source, &mut tracker, &*cache).await?;
+        }
         let mode = source.mode();
         let status = Arc::new(Mutex::new(FeedStatus {
             mode,
             listener_connected: source.listening(),
-            last_seq: newest,
+            last_seq: tracker.newest(),
             last_change_at: None,
             last_read_at: Some(SystemTime::now()),
             failing_since: None,
@@ -247,7 +252,7 @@ async fn run<S: ChangeSource>(
 ) {
     let mut last_ok = Instant::now();
     let mut last_prune: Option<Instant> = None;
-    let mut wake = Wake::Notified; // read once at start: the window below the newest
+    let mut wake = source.wait(config.poll_interval).await;
     loop {
         let Some(cache) = cache.upgrade() else {
             return;
