@@ -31,6 +31,12 @@ const DEFAULT: Follow = Follow {
     listen: true,
 };
 
+/// Not following the feed.
+const OFF: Follow = Follow {
+    watch: false,
+    ..DEFAULT
+};
+
 fn configure<S: KeyStore>(builder: VaultBuilder<S>, follow: Follow) -> VaultBuilder<S> {
     builder
         .cache_ttl(HOUR)
@@ -89,6 +95,7 @@ crate::per_backend!(
     raw_sql_writes_are_seen,
     without_the_feed_the_old_key_stays_until_the_ttl,
     the_feed_reports_its_state,
+    changes_older_than_the_retention_are_pruned,
 );
 
 async fn another_vaults_replace_and_delete_are_seen(backend: Backend) {
@@ -188,6 +195,40 @@ async fn the_feed_reports_its_state(backend: Backend) {
         })
         .await;
     }
+}
+
+async fn changes_older_than_the_retention_are_pruned(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let writer = open(&db, OFF).await; // nothing prunes in the background
+    writer.put("alice", "openai", "sk-1").await.unwrap();
+    let retention = i64::try_from(tower_byok::CHANGE_RETENTION.as_millis()).unwrap();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    // Age every change but the newest past the retention: two puts' worth.
+    writer.put("bob", "openai", "sk-1").await.unwrap();
+    let old = now - retention - 60_000;
+    db.exec(&format!(
+        "UPDATE byok_changes SET at = {old} WHERE seq < (SELECT MAX(seq) FROM byok_changes)"
+    ))
+    .await;
+    // A vault that does not follow the feed (as the CLI opens one) prunes it once.
+    let _pruner = open(&db, OFF).await;
+    assert_eq!(
+        db.exec(&format!("DELETE FROM byok_changes WHERE at <= {old}"))
+            .await,
+        0,
+        "the old changes were pruned"
+    );
+    assert_eq!(
+        db.exec("DELETE FROM byok_changes").await,
+        1,
+        "the recent change was kept"
+    );
 }
 
 #[tokio::test]

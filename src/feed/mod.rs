@@ -17,8 +17,9 @@
 //!
 //! Reads are gap-safe: a change whose sequence value is lower than one already read but
 //! that commits later is still applied (see `tracker.rs`). Changes are pruned after
-//! [`CHANGE_RETENTION`]; an instance that could not read the feed for half of that
-//! forgets every cached user when it can again.
+//! [`CHANGE_RETENTION`], every minute by each following vault and once by every vault
+//! that opens without following (the admin CLI); an instance that could not read the
+//! feed for half of that forgets every cached user when it can again.
 //!
 //! `sqlite.rs` and `postgres.rs` hold each backend's queries and its way of waiting.
 
@@ -188,12 +189,21 @@ impl Feed {
     }
 
     /// Starts following `source` into `cache`: reads where the feed stands now, then
-    /// runs in the background until the cache is dropped.
+    /// runs in the background until the cache is dropped. Turned off, it only prunes
+    /// the feed once.
     pub(crate) async fn start<S: ChangeSource>(
         mut source: S,
         cache: Weak<KeyCache>,
         config: FeedConfig,
     ) -> Result<Self> {
+        if !config.enabled {
+            // Nothing here reads the feed, and perhaps nothing anywhere does: prune it
+            // once, so that it cannot grow for ever between the vaults that do.
+            if let Err(e) = source.prune(CHANGE_RETENTION).await {
+                tracing::debug!(error = %e, "pruning the change feed failed");
+            }
+            return Ok(Self::off());
+        }
         let newest = source.newest().await?;
         let mut tracker = Tracker::new((newest - S::START_WINDOW).max(0));
         // The first read, before the vault serves anything: its invalidations find an

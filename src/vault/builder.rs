@@ -148,9 +148,6 @@ async fn start_feed<S: KeyStore>(
     cache: &Arc<KeyCache>,
     config: FeedConfig,
 ) -> Result<Feed> {
-    if !config.enabled {
-        return Ok(Feed::off());
-    }
     let store: &dyn std::any::Any = store;
     let cache = Arc::downgrade(cache);
     #[cfg(feature = "sqlite")]
@@ -162,7 +159,10 @@ async fn start_feed<S: KeyStore>(
     }
     #[cfg(feature = "postgres")]
     if let Some(store) = store.downcast_ref::<crate::PostgresStore>() {
-        let source = crate::feed::postgres::PostgresChanges::new(store.pool(), config.listen);
+        let source = crate::feed::postgres::PostgresChanges::new(
+            store.pool(),
+            config.enabled && config.listen,
+        );
         return Feed::start(source, cache, config).await;
     }
     let _ = (store, cache);
