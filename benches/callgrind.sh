@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Instructions per request on a cache hit, counted by callgrind (exact, repeatable on a
+# noisy machine), minus the bare service's. See benches/callgrind.rs for the variants.
+#
+#   bash benches/callgrind.sh [requests]      (default 100000)
+#
+# Needs valgrind. Builds the `callgrind` bench target in the bench profile first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:-100000}"
+exe=$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "callgrind" and m.get("executable"):
+        print(m["executable"])')
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+count() {
+  valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*drive_requests*' \
+    --callgrind-out-file="$out/$1.out" "$exe" "$1" "$n" >/dev/null 2>"$out/$1.log"
+  grep -m1 '^summary:' "$out/$1.out" | awk '{print $2}'
+}
+echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo ' (+ uncommitted src changes)'), $n requests each"
+bare=$(count bare)
+printf '%-20s %10s %12s\n' variant Ir/request 'over bare'
+printf '%-20s %10.1f %12s\n' bare "$(echo "$bare / $n" | bc -l)" -
+for v in prebuilt_arc_floor naive_moka_layer byok_hit; do
+  ir=$(count "$v")
+  printf '%-20s %10.1f %12.1f\n' "$v" "$(echo "$ir / $n" | bc -l)" "$(echo "($ir - $bare) / $n" | bc -l)"
+done
