@@ -1,128 +1,77 @@
-//! The per-user key cache.
+//! The per-user key cache: one moka cache, single-flight loads, invalidation.
 //!
-//! moka decides who stays cached: its capacity bound, TinyLFU admission and TTL. But a
-//! moka `get` records every read for that policy, which costs more than the rest of the
-//! request path together, so hits are served from a sharded read-mostly index that moka
-//! keeps in step through its eviction listener. Each index entry carries one monotonic
-//! deadline (the TTL, or the earliest key expiry if sooner), checked on every hit, so
-//! correctness never waits on moka's housekeeping. One hit in [`SAMPLE`] is also read
-//! through moka, to keep its popularity estimates honest.
+//! Each user's keys live in exactly one structure, a [`moka::sync::Cache`]: moka decides
+//! who stays (its capacity bound with TinyLFU admission) and for how long (a per-entry
+//! [`Expiry`]), and hits are served by moka's own `get`. There is no second index to
+//! keep in step, no background task (so no Tokio runtime is needed for the cache
+//! itself), and no eviction listener.
 //!
-//! Loads are single-flight per user, and guarded by generations so that a load which
-//! raced a write cannot put the older keys back.
+//! What holds, each guarded by a unit test below:
+//! - an entry is served as fresh at most until the TTL or its earliest key expiry,
+//!   whichever comes first: moka checks each entry's deadline on every `get`, whatever
+//!   its housekeeping is doing;
+//! - about its capacity of users is served from it once moka's pending work has run
+//!   (moka applies its capacity bound in batches, so briefly a few more may be held);
+//! - concurrent misses of one user share one load; a waiter whose leader is cancelled
+//!   runs the load itself; a failed load's error goes to every waiter and is not cached;
+//! - after [`invalidate`](KeyCache::invalidate) returns, no load that began before it
+//!   puts its keys into the cache, and the user's old entry is gone;
+//!   [`invalidate_all`](KeyCache::invalidate_all) does the same for every user;
+//! - with a stale-if-error bound, an entry past its TTL is served only to a load that
+//!   failed with [`ErrorKind::Store`] or [`ErrorKind::Timeout`], marked
+//!   [stale](UserKeys::is_stale), at most that bound past the TTL, never past a key's own
+//!   expiry, and never once the user (or every user) was invalidated.
+//!
+//! Loads are guarded by generations so that a load which raced a write cannot put the
+//! older keys back: the generation check and moka's insert happen under one lock, which
+//! `invalidate` also takes.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use moka::ops::compute::Op;
+use moka::Expiry;
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
 
 type Hasher = foldhash::fast::RandomState;
-type Policy = moka::sync::Cache<Arc<str>, UserKeys, Hasher>;
+type Entries = moka::sync::Cache<Arc<str>, Entry, Hasher>;
 
 /// Invalidations are counted per stripe of users: a write to one user makes concurrent
 /// loads of the users sharing its stripe skip caching once, which is harmless.
 const STRIPES: usize = 64;
-/// Shards of the hit index: enough that two cores rarely share a lock's cache line.
-const SHARDS: usize = 32;
-/// One hit in this many is also recorded by moka.
-const SAMPLE: u32 = 64;
 
 #[derive(Clone)]
 struct Entry {
     keys: UserKeys,
-    /// Past this instant the entry is a miss: the TTL, or the earliest key expiry.
-    deadline: Instant,
+    /// Until this instant (the TTL) the entry is served on a hit, if moka still holds it.
+    fresh_until: Instant,
+    /// When moka drops the entry: the TTL, plus the stale-if-error bound if any, or the
+    /// earliest key expiry if sooner.
+    keep_until: Instant,
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Entry, Hasher>>;
+/// moka's per-entry expiry: each entry leaves at its own `keep_until`, also when a newer
+/// load replaces it.
+struct Deadline;
 
-/// The read-mostly index the hit path reads.
-struct Index {
-    shards: Box<[Shard]>,
-    hasher: Hasher,
-    /// Past this many entries, inserts sweep the shard's expired entries, so that what
-    /// the index holds beyond moka's capacity is bounded by what is younger than the TTL,
-    /// even where moka's evictions lag.
-    shard_soft_cap: usize,
-}
-
-impl Index {
-    fn new(hasher: Hasher, capacity: u64) -> Self {
-        let shards = (0..SHARDS)
-            .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
-            .collect();
-        let per_shard = usize::try_from(capacity / SHARDS as u64).unwrap_or(usize::MAX);
-        Self {
-            shards,
-            hasher,
-            shard_soft_cap: per_shard.saturating_add(per_shard / 4).max(16),
-        }
+impl Expiry<Arc<str>, Entry> for Deadline {
+    fn expire_after_create(&self, _: &Arc<str>, entry: &Entry, now: Instant) -> Option<Duration> {
+        Some(entry.keep_until.saturating_duration_since(now))
     }
 
-    fn shard(&self, user_id: &str) -> &Shard {
-        &self.shards[(self.hasher.hash_one(user_id) % SHARDS as u64) as usize]
-    }
-
-    fn get(&self, user_id: &str) -> Option<Entry> {
-        // A poisoned shard still holds whole entries: each write is one map operation.
-        let shard = self
-            .shard(user_id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.get(user_id).cloned()
-    }
-
-    fn insert(&self, user_id: Arc<str>, entry: Entry) {
-        let mut shard = self
-            .shard(&user_id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Past its share of the capacity, a shard drops its expired entries, every 64th
-        // insert so that a shard full of live entries does not pay a sweep per insert.
-        if shard.len() >= self.shard_soft_cap
-            && (shard.len() - self.shard_soft_cap).is_multiple_of(64)
-        {
-            let now = Instant::now();
-            shard.retain(|_, e| e.deadline > now);
-        }
-        shard.insert(user_id, entry);
-    }
-
-    fn remove(&self, user_id: &str) -> Option<Entry> {
-        let mut shard = self
-            .shard(user_id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.remove(user_id)
-    }
-
-    /// Whether the entry of `user_id` holds exactly `keys` (the same load).
-    fn holds(&self, user_id: &str, keys: &UserKeys) -> bool {
-        let shard = self
-            .shard(user_id)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.get(user_id).is_some_and(|e| e.keys.is_same(keys))
-    }
-
-    /// Removes the entry only if it still holds `keys`: moka reports evictions late, and
-    /// must not take out a newer entry for the same user.
-    fn remove_if_same(&self, user_id: &str, keys: &UserKeys) {
-        let mut shard = self
-            .shard(user_id)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if shard.get(user_id).is_some_and(|e| e.keys.is_same(keys)) {
-            shard.remove(user_id);
-        }
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        entry: &Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.keep_until.saturating_duration_since(now))
     }
 }
 
@@ -138,46 +87,34 @@ struct Shared {
     generations: [u64; STRIPES],
 }
 
-/// The per-user key cache of one [`Vault`](crate::Vault) and all its clones.
-///
-/// Guarantees, each checked by a unit test below:
-/// - an entry is served at most until the TTL or its earliest key expiry, whichever
-///   comes first, whatever moka's housekeeping is doing;
-/// - at most about its capacity of users is served from it;
-/// - concurrent misses of one user share one load; a waiter whose leader is cancelled
-///   runs the load itself; a failed load's error goes to every waiter and is not cached;
-/// - after [`invalidate`](Self::invalidate) returns, no load that began before it puts
-///   its keys into the cache.
+/// The per-user key cache of one [`Vault`](crate::Vault) and all its clones; see the
+/// module docs for what it guarantees.
 pub(crate) struct KeyCache {
-    index: Arc<Index>,
-    /// The policy: who stays, for how long. Its evictions remove index entries.
-    policy: Policy,
+    entries: Entries,
     shared: Mutex<Shared>,
     hasher: Hasher,
     ttl: Duration,
     load_timeout: Duration,
+    stale_if_error: Option<Duration>,
 }
 
 impl KeyCache {
-    pub(crate) fn new(ttl: Duration, capacity: u64, load_timeout: Duration) -> Self {
+    /// A cache of at most about `capacity` users, each fresh for `ttl`; `stale_if_error`,
+    /// if given, is how long past the TTL an entry may still be served when a load fails
+    /// with a store error or a timeout.
+    pub(crate) fn new(
+        ttl: Duration,
+        capacity: u64,
+        load_timeout: Duration,
+        stale_if_error: Option<Duration>,
+    ) -> Self {
         let hasher = Hasher::default();
-        let index = Arc::new(Index::new(hasher.clone(), capacity));
-        let evicted = index.clone();
-        let policy = moka::sync::Cache::builder()
-            .time_to_live(ttl)
+        let entries = moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .eviction_listener(move |user_id: Arc<Arc<str>>, keys: UserKeys, cause| {
-                // A replacement evicts nothing from the index: a late mirror task of an
-                // older load may replace a newer one in moka, and must not take the
-                // newer keys out of the index (it removes its own stale entry itself).
-                if cause != moka::notification::RemovalCause::Replaced {
-                    evicted.remove_if_same(&user_id, &keys);
-                }
-            })
+            .expire_after(Deadline)
             .build_with_hasher(hasher.clone());
         Self {
-            index,
-            policy,
+            entries,
             shared: Mutex::new(Shared {
                 flights: HashMap::new(),
                 generations: [0; STRIPES],
@@ -185,6 +122,7 @@ impl KeyCache {
             hasher,
             ttl,
             load_timeout,
+            stale_if_error,
         }
     }
 
@@ -200,64 +138,43 @@ impl KeyCache {
 
     /// The cached keys of a user, without waiting: the request path's fast lane.
     pub(crate) fn get(&self, user_id: &str) -> Option<UserKeys> {
-        let entry = self.index.get(user_id)?;
-        if entry.deadline <= Instant::now() {
+        let entry = self.entries.get(user_id)?;
+        // Without a stale-if-error bound, moka's deadline is the freshness deadline and
+        // moka has checked it; with one, an entry outlives its freshness.
+        if self.stale_if_error.is_some() && entry.fresh_until <= Instant::now() {
             return None;
-        }
-        thread_local!(static HITS: Cell<u32> = const { Cell::new(0) });
-        let hits = HITS.with(|h| {
-            let n = h.get().wrapping_add(1);
-            h.set(n);
-            n
-        });
-        if hits.is_multiple_of(SAMPLE) {
-            self.policy.get(user_id);
         }
         Some(entry.keys)
     }
 
-    /// Caches freshly loaded keys. Called under the shared lock.
+    /// Caches freshly loaded keys. Called under the shared lock, after the generation
+    /// check, so that an invalidation is either before (no insert) or after (removes it).
     fn insert(&self, user_id: Arc<str>, keys: &UserKeys) {
         let now = Instant::now();
-        let mut deadline = now + self.ttl;
+        let fresh_until = now + self.ttl;
+        let mut keep_until = fresh_until + self.stale_if_error.unwrap_or(Duration::ZERO);
         if let Some(expiry) = keys.earliest_expiry() {
             let left = expiry
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
-            deadline = deadline.min(now + left);
+            // moka drops the entry then, fresh or not: no expired key is ever served.
+            keep_until = keep_until.min(now + left);
         }
-        self.index.insert(
-            user_id.clone(),
+        self.entries.insert(
+            user_id,
             Entry {
                 keys: keys.clone(),
-                deadline,
+                fresh_until,
+                keep_until,
             },
         );
-        // moka does its housekeeping inline in `insert`: tens of microseconds right after
-        // an invalidation, on a path that otherwise waits only on the database. Nothing
-        // served depends on it (hits read the index, whose deadlines are checked on every
-        // hit, and evictions only remove the very entry they name), so the request does
-        // not wait for it.
-        let policy = self.policy.clone();
-        let index = self.index.clone();
-        let keys = keys.clone();
-        tokio::spawn(async move {
-            // Skip, or undo, the policy entry if these keys left the index meanwhile (an
-            // invalidation, a newer load): moka must not hold keys, deleted ones perhaps,
-            // that can no longer be served.
-            if !index.holds(&user_id, &keys) {
-                return;
-            }
-            policy.insert(user_id.clone(), keys.clone());
-            if !index.holds(&user_id, &keys) {
-                forget_in_policy(&policy, &user_id, &keys);
-            }
-        });
     }
 
     /// The keys of a user from the cache, or from `load` with concurrent misses for the
     /// same user sharing one call. `load` must filter out expired keys. Errors and
-    /// timeouts are returned to every waiter and never cached.
+    /// timeouts are returned to every waiter and never cached; with a stale-if-error
+    /// bound, a store error or timeout returns the user's stale keys instead, if any may
+    /// still be served.
     pub(crate) async fn get_or_load<F, Fut>(
         &self,
         user_id: &str,
@@ -311,52 +228,74 @@ impl KeyCache {
                         Err(ErrorKind::Timeout)
                     }
                 };
-                if let Ok(keys) = &loaded {
-                    let shared = self.lock();
-                    // Under the lock that `invalidate` takes: either the write's
-                    // invalidation came first and bumped the generation, so these keys
-                    // are not cached, or it comes after and removes them.
-                    if shared.generations[stripe] == flight.generation {
-                        self.insert(key.clone(), keys);
+                let shared = self.lock();
+                // Under the lock that `invalidate` takes: either the write's
+                // invalidation came first and bumped the generation, so these keys
+                // are not cached, or it comes after and removes them.
+                let current = shared.generations[stripe] == flight.generation;
+                match loaded {
+                    Ok(keys) => {
+                        if current {
+                            self.insert(key.clone(), &keys);
+                        }
+                        Ok(keys)
                     }
+                    // Read under the lock too, so an invalidation (which removes the
+                    // entry under it) is wholly before or after.
+                    Err(kind @ (ErrorKind::Store | ErrorKind::Timeout)) => {
+                        self.stale(&key).ok_or(kind)
+                    }
+                    Err(kind) => Err(kind),
                 }
-                loaded
             })
             .await
             .clone();
         result
     }
 
+    /// The user's entry past its TTL, marked stale, if the stale-if-error bound lets it be
+    /// served (moka's `get` checks `keep_until`: the bound, and the key expiry).
+    fn stale(&self, user_id: &str) -> Option<UserKeys> {
+        self.stale_if_error?;
+        let entry = self.entries.get(user_id)?;
+        let now = Instant::now();
+        if entry.fresh_until > now {
+            // A load of this user finished meanwhile: its keys are fresh.
+            return Some(entry.keys);
+        }
+        tracing::warn!(
+            past_ttl = ?now.duration_since(entry.fresh_until),
+            "loading a user's keys failed; serving them stale from the cache"
+        );
+        Some(entry.keys.into_stale())
+    }
+
     /// Forgets a user's keys at once, and makes any load of that user already under way
     /// neither cache its result nor be joined by later requests.
     pub(crate) fn invalidate(&self, user_id: &str) {
         let stripe = self.stripe(user_id);
-        let removed = {
-            let mut shared = self.lock();
-            shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
-            shared.flights.remove(user_id);
-            self.index.remove(user_id)
-        };
-        // Outside the lock: moka may do housekeeping here. Its eviction notice for these
-        // keys is harmless, since it only removes the index entry if it still holds them.
-        if let Some(removed) = removed {
-            forget_in_policy(&self.policy, user_id, &removed.keys);
-        }
+        let mut shared = self.lock();
+        shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
+        shared.flights.remove(user_id);
+        self.entries.invalidate(user_id);
     }
-}
 
-/// Takes `keys` out of moka, but only if moka still holds that very load for the user.
-///
-/// An unconditional `invalidate` could arrive after a newer load of the same user had
-/// reached moka; its eviction notice would then remove the newer index entry, and the
-/// next request would load again (seen as 1 extra load in 200,000 cold misses).
-fn forget_in_policy(policy: &Policy, user_id: &str, keys: &UserKeys) {
-    policy
-        .entry(Arc::from(user_id))
-        .and_compute_with(|current| match current {
-            Some(entry) if entry.value().is_same(keys) => Op::Remove,
-            _ => Op::Nop,
-        });
+    /// Forgets every user's keys at once, and makes every load under way neither cache
+    /// its result nor be joined by later requests.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "cross-instance invalidation will call it")
+    )]
+    pub(crate) fn invalidate_all(&self) {
+        let mut shared = self.lock();
+        for generation in &mut shared.generations {
+            *generation = generation.wrapping_add(1);
+        }
+        shared.flights.clear();
+        // moka marks every entry inserted up to now invalid at once; the memory is
+        // reclaimed by its housekeeping.
+        self.entries.invalidate_all();
+    }
 }
 
 struct LeaveFlight<'a> {
@@ -387,39 +326,6 @@ impl Drop for LeaveFlight<'_> {
 mod tests {
     use super::*;
 
-    fn total(cache: &KeyCache) -> usize {
-        cache
-            .index
-            .shards
-            .iter()
-            .map(|s| s.read().unwrap().len())
-            .sum()
-    }
-
-    #[tokio::test]
-    async fn the_index_stays_bounded_as_users_come_and_go() {
-        // 320 users of capacity, a 1 ms TTL, and 5,000 distinct users passing through.
-        let cache = KeyCache::new(Duration::from_millis(1), 320, Duration::from_secs(1));
-        let shared = cache.lock();
-        for batch in 0..50 {
-            for i in 0..100 {
-                cache.insert(Arc::from(format!("user-{batch}-{i}")), &UserKeys::default());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        drop(shared);
-        let bound = SHARDS * (cache.index.shard_soft_cap + 64) + 100;
-        assert!(
-            total(&cache) <= bound,
-            "{} entries, bound {bound}",
-            total(&cache)
-        );
-        assert!(
-            cache.get("user-0-0").is_none(),
-            "expired entries are never served"
-        );
-    }
-
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::SystemTime;
 
@@ -433,7 +339,13 @@ mod tests {
 
     /// A cache under test, with a count of the loads that reached "the database".
     fn cache(ttl: Duration, capacity: u64) -> (Arc<KeyCache>, Arc<AtomicUsize>) {
-        let cache = Arc::new(KeyCache::new(ttl, capacity, Duration::from_secs(5)));
+        let cache = Arc::new(KeyCache::new(ttl, capacity, Duration::from_secs(5), None));
+        (cache, Arc::new(AtomicUsize::new(0)))
+    }
+
+    /// A cache of 100 users under test with a stale-if-error bound, and its load count.
+    fn stale_cache(ttl: Duration, stale: Option<Duration>) -> (Arc<KeyCache>, Arc<AtomicUsize>) {
+        let cache = Arc::new(KeyCache::new(ttl, 100, Duration::from_secs(5), stale));
         (cache, Arc::new(AtomicUsize::new(0)))
     }
 
@@ -477,12 +389,9 @@ mod tests {
         leader
     }
 
-    /// Lets the spawned policy inserts run, then moka's housekeeping.
+    /// Runs moka's pending housekeeping (evictions are applied in batches).
     async fn settle(cache: &KeyCache) {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        cache.policy.run_pending_tasks();
+        cache.entries.run_pending_tasks();
     }
 
     #[tokio::test]
@@ -518,6 +427,10 @@ mod tests {
         assert!(cache.get("u").is_none(), "past the TTL, nothing is served");
         load(&cache, &loads, "u", Ok(keys("sk-2"))).await.unwrap();
         assert_eq!(loads.load(Ordering::SeqCst), 2);
+        let reloaded = cache
+            .get("u")
+            .expect("the reload replaces the expired entry");
+        assert_eq!(reloaded.get("openai").unwrap().expose_secret(), "sk-2");
     }
 
     #[tokio::test]
@@ -621,6 +534,178 @@ mod tests {
             loads.load(Ordering::SeqCst),
             2,
             "the next request tries again"
+        );
+    }
+
+    #[test]
+    fn what_is_held_stays_bounded_as_users_come_and_go() {
+        // 320 users of capacity, a 1 ms TTL, and 5,000 distinct users passing through.
+        let cache = KeyCache::new(Duration::from_millis(1), 320, Duration::from_secs(1), None);
+        for batch in 0..50 {
+            for i in 0..100 {
+                cache.insert(Arc::from(format!("user-{batch}-{i}")), &keys("sk-1"));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.entries.entry_count() <= 320,
+            "{} entries held, capacity 320",
+            cache.entries.entry_count()
+        );
+        assert!(
+            cache.get("user-0-0").is_none(),
+            "expired entries are never served"
+        );
+    }
+
+    /// Loads `user` once with `sk-1` (a hit afterwards), then waits past `wait`.
+    async fn cached_then_wait(cache: &KeyCache, loads: &AtomicUsize, wait: Duration) {
+        load(cache, loads, "u", Ok(keys("sk-1"))).await.unwrap();
+        assert!(cache.get("u").is_some());
+        tokio::time::sleep(wait).await;
+    }
+
+    #[tokio::test]
+    async fn invalidate_all_forgets_everyone_and_a_load_under_way_is_not_cached() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        load(&cache, &loads, "other", Ok(keys("sk-other")))
+            .await
+            .unwrap();
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
+        let gate = async { gate.await.unwrap() };
+        let leader = spawn_leader(&cache, &loads, gate, Ok(keys("sk-old"))).await;
+        cache.invalidate_all();
+        assert!(cache.get("other").is_none(), "every entry is forgotten");
+        release.send(()).unwrap();
+        let old = leader.await.unwrap().unwrap();
+        assert_eq!(old.get("openai").unwrap().expose_secret(), "sk-old");
+        assert!(
+            cache.get("u").is_none(),
+            "a load that raced invalidate_all is not cached"
+        );
+        load(&cache, &loads, "u", Ok(keys("sk-new"))).await.unwrap();
+        assert!(cache.get("u").is_some(), "later loads are cached again");
+    }
+
+    #[tokio::test]
+    async fn invalidate_all_stops_new_requests_joining_a_load_under_way() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        let leader = spawn_leader(&cache, &loads, std::future::pending(), Ok(keys("old"))).await;
+        cache.invalidate_all();
+        let keys = load(&cache, &loads, "u", Ok(keys("sk-new"))).await.unwrap();
+        assert_eq!(keys.get("openai").unwrap().expose_secret(), "sk-new");
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            2,
+            "a new load, not the old one"
+        );
+        leader.abort();
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_served_on_a_store_error_or_timeout_within_the_bound() {
+        let (cache, loads) = stale_cache(Duration::from_millis(50), Some(Duration::from_secs(60)));
+        cached_then_wait(&cache, &loads, Duration::from_millis(100)).await;
+        assert!(cache.get("u").is_none(), "past the TTL, no hit");
+        let stale = load(&cache, &loads, "u", Err(ErrorKind::Store))
+            .await
+            .unwrap();
+        assert!(stale.is_stale());
+        assert_eq!(stale.get("openai").unwrap().expose_secret(), "sk-1");
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Decrypt))
+                .await
+                .unwrap_err(),
+            ErrorKind::Decrypt,
+            "only store errors and timeouts fall back"
+        );
+        let fresh = load(&cache, &loads, "u", Ok(keys("sk-2"))).await.unwrap();
+        assert!(!fresh.is_stale(), "a successful load is fresh");
+        assert!(!cache.get("u").unwrap().is_stale());
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_served_when_a_load_times_out_within_the_bound() {
+        let cache = KeyCache::new(
+            Duration::from_millis(50),
+            100,
+            Duration::from_millis(20),
+            Some(Duration::from_secs(60)),
+        );
+        let loads = AtomicUsize::new(0);
+        cached_then_wait(&cache, &loads, Duration::from_millis(100)).await;
+        let stale = cache
+            .get_or_load("u", || async {
+                std::future::pending::<()>().await;
+                Ok(keys("never"))
+            })
+            .await
+            .unwrap();
+        assert!(stale.is_stale());
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_not_served_past_the_bound() {
+        let (cache, loads) =
+            stale_cache(Duration::from_millis(50), Some(Duration::from_millis(50)));
+        cached_then_wait(&cache, &loads, Duration::from_millis(200)).await;
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Store))
+                .await
+                .unwrap_err(),
+            ErrorKind::Store
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_not_served_past_a_key_expiry() {
+        let (cache, loads) = stale_cache(Duration::from_millis(50), Some(Duration::from_secs(60)));
+        let expiring: UserKeys = [ProviderKey::from_secret("openai", "sk-1")
+            .unwrap()
+            .with_expiry(SystemTime::now() + Duration::from_millis(150))]
+        .into_iter()
+        .collect();
+        load(&cache, &loads, "u", Ok(expiring)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Store))
+                .await
+                .unwrap_err(),
+            ErrorKind::Store
+        );
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_not_served_after_an_invalidation() {
+        let (cache, loads) = stale_cache(Duration::from_millis(50), Some(Duration::from_secs(60)));
+        cached_then_wait(&cache, &loads, Duration::from_millis(100)).await;
+        cache.invalidate("u");
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Store))
+                .await
+                .unwrap_err(),
+            ErrorKind::Store
+        );
+        cached_then_wait(&cache, &loads, Duration::from_millis(100)).await;
+        cache.invalidate_all();
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Timeout))
+                .await
+                .unwrap_err(),
+            ErrorKind::Timeout
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_bound_nothing_stale_is_served() {
+        let (cache, loads) = stale_cache(Duration::from_millis(50), None);
+        cached_then_wait(&cache, &loads, Duration::from_millis(100)).await;
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Store))
+                .await
+                .unwrap_err(),
+            ErrorKind::Store
         );
     }
 }

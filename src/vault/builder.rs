@@ -85,7 +85,7 @@ impl<S: KeyStore> VaultBuilder<S> {
                 store: Box::new(self.store),
                 keyring: self.keyring,
                 secret,
-                cache: KeyCache::new(self.cache_ttl, self.cache_capacity, self.load_timeout),
+                cache: KeyCache::new(self.cache_ttl, self.cache_capacity, self.load_timeout, None),
             }),
             actor: DEFAULT_ACTOR.into(),
         })
