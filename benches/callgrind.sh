@@ -4,16 +4,17 @@
 #
 #   bash benches/callgrind.sh [requests]      (default 100000)
 #
-# Needs valgrind. Builds the `callgrind` bench target in the bench profile first.
+# Needs valgrind. Builds the `callgrind` bench target in the bench profile first, unless
+# CALLGRIND_EXE names an already built driver (e.g. one built from another commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:-100000}"
-exe=$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
+exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "callgrind" and m.get("executable"):
-        print(m["executable"])')
+        print(m["executable"])')}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 count() {
@@ -21,7 +22,7 @@ count() {
     --callgrind-out-file="$out/$1.out" "$exe" "$1" "$n" >/dev/null 2>"$out/$1.log"
   grep -m1 '^summary:' "$out/$1.out" | awk '{print $2}'
 }
-echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo ' (+ uncommitted src changes)'), $n requests each"
+echo "driver $exe, $n requests each"
 bare=$(count bare)
 printf '%-20s %10s %12s\n' variant Ir/request 'over bare'
 printf '%-20s %10.1f %12s\n' bare "$(echo "$bare / $n" | bc -l)" -

@@ -451,6 +451,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn invalidate_forgets_a_cached_user_only() {
+        let (cache, loads) = cache(Duration::from_secs(3600), 100);
+        load(&cache, &loads, "u", Ok(keys("sk-1"))).await.unwrap();
+        load(&cache, &loads, "other", Ok(keys("sk-2")))
+            .await
+            .unwrap();
+        cache.invalidate("u");
+        assert!(
+            cache.get("u").is_none(),
+            "the invalidated user is forgotten"
+        );
+        assert!(cache.get("other").is_some(), "other users stay cached");
+    }
+
+    #[tokio::test]
     async fn a_load_that_raced_an_invalidation_is_not_cached() {
         let (cache, loads) = cache(Duration::from_secs(3600), 100);
         let (release, gate) = tokio::sync::oneshot::channel::<()>();
@@ -694,6 +709,29 @@ mod tests {
                 .await
                 .unwrap_err(),
             ErrorKind::Timeout
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replacing_load_brings_its_own_deadline() {
+        // The first load is kept a minute past its TTL; the load replacing it holds a key
+        // that expires soon, and must leave moka then, not a minute later.
+        let (cache, loads) = stale_cache(Duration::from_millis(50), Some(Duration::from_secs(60)));
+        cached_then_wait(&cache, &loads, Duration::from_millis(100)).await;
+        let expiring: UserKeys = [ProviderKey::from_secret("openai", "sk-2")
+            .unwrap()
+            .with_expiry(SystemTime::now() + Duration::from_millis(150))]
+        .into_iter()
+        .collect();
+        load(&cache, &loads, "u", Ok(expiring)).await.unwrap();
+        assert!(cache.get("u").is_some(), "the replacement is served");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            load(&cache, &loads, "u", Err(ErrorKind::Store))
+                .await
+                .unwrap_err(),
+            ErrorKind::Store,
+            "not even stale past the replacement's key expiry"
         );
     }
 
