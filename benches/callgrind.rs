@@ -12,6 +12,11 @@
 //! Only `drive_requests` is counted (`--toggle-collect`), so set-up is left out. Run
 //! `bash benches/callgrind.sh`, which prints each variant's instructions per request
 //! minus the bare service's. Under `cargo bench` (no variant given) it does nothing.
+//!
+//! `callgrind byok_miss <n>` instead counts `n` cache misses, as `miss_path` times them:
+//! `forget_cached` then `keys_for` of a user with three keys in an in-memory SQLite
+//! store (the count includes SQLite's and the decryption's work, the same before and
+//! after a cache change; `bash benches/callgrind.sh miss` prints it per miss).
 
 #![allow(missing_docs)]
 
@@ -105,31 +110,15 @@ fn main() {
                 .service(inner);
             run(&mut s, n);
         }
+        "byok_miss" => {
+            let (rt, vault) = vault();
+            for _ in 0..100 {
+                rt.block_on(miss(&vault));
+            }
+            drive_requests_misses(&rt, &vault, n);
+        }
         "byok_hit" => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            let vault = rt.block_on(async {
-                let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
-                let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
-                    .cache_ttl(std::time::Duration::from_secs(3600))
-                    .open()
-                    .await
-                    .expect("vault");
-                for (provider, secret) in [
-                    ("openai", "sk-proj-bench-0001"),
-                    ("gemini", "AIza-bench-0002"),
-                    ("exa", "exa-bench-0003"),
-                ] {
-                    vault
-                        .put("bench-user", provider, secret)
-                        .await
-                        .expect("put");
-                }
-                vault.keys_for("bench-user").await.expect("warm the cache");
-                vault
-            });
+            let (rt, vault) = vault();
             let mut s = ServiceBuilder::new()
                 .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
                 .service(inner);
@@ -139,6 +128,49 @@ fn main() {
         }
         other => panic!("unknown variant {other:?}"),
     }
+}
+
+/// One cache miss: the user forgotten, then loaded.
+async fn miss(vault: &Vault) {
+    vault.forget_cached("bench-user");
+    assert_eq!(vault.keys_for("bench-user").await.expect("load").len(), 3);
+}
+
+/// The counted loop of `byok_miss` (its name matches `--toggle-collect`).
+#[inline(never)]
+fn drive_requests_misses(rt: &tokio::runtime::Runtime, vault: &Vault, n: u64) {
+    for _ in 0..n {
+        rt.block_on(miss(vault));
+    }
+}
+
+/// A runtime and a vault whose `bench-user` has three keys, cached.
+fn vault() -> (tokio::runtime::Runtime, Vault) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let vault = rt.block_on(async {
+        let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
+        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
+            .cache_ttl(std::time::Duration::from_secs(3600))
+            .open()
+            .await
+            .expect("vault");
+        for (provider, secret) in [
+            ("openai", "sk-proj-bench-0001"),
+            ("gemini", "AIza-bench-0002"),
+            ("exa", "exa-bench-0003"),
+        ] {
+            vault
+                .put("bench-user", provider, secret)
+                .await
+                .expect("put");
+        }
+        vault.keys_for("bench-user").await.expect("warm the cache");
+        vault
+    });
+    (rt, vault)
 }
 
 /// Warms `service` with uncounted requests, then drives `n` counted ones.

@@ -3,12 +3,18 @@
 # noisy machine), minus the bare service's. See benches/callgrind.rs for the variants.
 #
 #   bash benches/callgrind.sh [requests]      (default 100000)
+#   bash benches/callgrind.sh miss [misses]   (default 2000): instructions per cache miss
 #
 # Needs valgrind. Builds the `callgrind` bench target in the bench profile first, unless
 # CALLGRIND_EXE names an already built driver (e.g. one built from another commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n="${1:-100000}"
+mode=hit
+if [[ "${1:-}" == miss ]]; then
+  mode=miss
+  shift
+fi
+n="${1:-$([[ $mode == miss ]] && echo 2000 || echo 100000)}"
 exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
@@ -22,6 +28,12 @@ count() {
     --callgrind-out-file="$out/$1.out" "$exe" "$1" "$n" >/dev/null 2>"$out/$1.log"
   grep -m1 '^summary:' "$out/$1.out" | awk '{print $2}'
 }
+if [[ $mode == miss ]]; then
+  echo "driver $exe, $n misses"
+  ir=$(count byok_miss)
+  printf '%-20s %12.0f\n' 'byok_miss Ir/miss' "$(echo "$ir / $n" | bc -l)"
+  exit 0
+fi
 echo "driver $exe, $n requests each"
 bare=$(count bare)
 printf '%-20s %10s %12s\n' variant Ir/request 'over bare'
