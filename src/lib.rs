@@ -132,7 +132,7 @@
 //! | `src/middleware/` | [`ByokLayer`] (`layer.rs`) → [`Byok`] (`service.rs`) → [`ResponseFuture`] (`future.rs`); `config.rs` and `rejection.rs` are what both use |
 //! | `src/resolve.rs` | who the user is: [`resolve::ResolveUser`] and its ready-made resolvers |
 //! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
-//! | `src/cache.rs` | the per-user cache: single-flight loads, invalidation, TTL |
+//! | `src/cache/` | the per-user moka cache: single-flight loads, invalidation, TTL, stale-if-error |
 //! | `src/store/` | the [`store::KeyStore`] trait and its SQLite and PostgreSQL backends |
 //! | `src/vault/open.rs`, `src/crypto.rs` | decrypting a row: the per-user key, XChaCha20-Poly1305 |
 //! | `src/keys.rs` | what handlers get: [`UserKeys`], [`ProviderKey`] |
