@@ -166,13 +166,18 @@ impl fmt::Debug for ProviderKey {
 #[derive(Clone, Default)]
 pub struct UserKeys {
     keys: Arc<[ProviderKey]>,
+    /// Served from the cache past its TTL because loading failed (stale-if-error).
+    pub(crate) stale: bool,
 }
 
 impl UserKeys {
     /// Builds a key set; `keys` must be sorted by provider with no duplicates.
     pub(crate) fn from_sorted(keys: Vec<ProviderKey>) -> Self {
         debug_assert!(keys.windows(2).all(|w| w[0].provider < w[1].provider));
-        Self { keys: keys.into() }
+        Self {
+            keys: keys.into(),
+            stale: false,
+        }
     }
 
     /// The key for `provider`, if the user has one.
@@ -215,6 +220,29 @@ impl UserKeys {
         self.keys.is_empty()
     }
 
+    /// Whether these keys were served from the cache past its freshness because loading
+    /// them failed (a store error or a timeout), under a stale-if-error bound.
+    ///
+    /// Stale keys were valid when last loaded and have not expired since, but a change
+    /// made since then (a rotated or deleted key) may not be reflected. Keys handed out
+    /// otherwise are never stale.
+    ///
+    /// ```
+    /// let keys = tower_byok::UserKeys::default();
+    /// assert!(!keys.is_stale());
+    /// ```
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// The same keys, marked stale.
+    pub(crate) fn into_stale(self) -> Self {
+        Self {
+            stale: true,
+            ..self
+        }
+    }
+
     /// This set, plus the keys of `fallback` for providers this set lacks.
     pub(crate) fn or_else_from(self, fallback: &UserKeys) -> Self {
         if fallback.keys.iter().all(|k| self.contains(k.provider())) {
@@ -232,12 +260,10 @@ impl UserKeys {
             .map(ProviderKey::duplicate)
             .collect();
         keys.sort_by(|a, b| a.provider.cmp(&b.provider));
-        Self::from_sorted(keys)
-    }
-
-    /// Whether both are the same set (one load), not merely equal.
-    pub(crate) fn is_same(&self, other: &UserKeys) -> bool {
-        Arc::ptr_eq(&self.keys, &other.keys)
+        Self {
+            stale: self.stale,
+            ..Self::from_sorted(keys)
+        }
     }
 
     /// The earliest expiry among the keys, if any expires.

@@ -135,7 +135,7 @@
 //! | `src/middleware/` | [`ByokLayer`] (`layer.rs`) → [`Byok`] (`service.rs`) → [`ResponseFuture`] (`future.rs`); `config.rs` and `rejection.rs` are what both use |
 //! | `src/resolve.rs` | who the user is: [`resolve::ResolveUser`] and its ready-made resolvers |
 //! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
-//! | `src/cache.rs` | the per-user cache: single-flight loads, invalidation, TTL |
+//! | `src/cache/` | the per-user moka cache: single-flight loads, invalidation, TTL, stale-if-error |
 //! | `src/feed/` | hearing of writes made elsewhere: the change feed each vault follows, by polling and (PostgreSQL) `LISTEN`, to invalidate the cache |
 //! | `src/store/key_store.rs` | the core [`store::KeyStore`] trait: `fetch_user` is the one query a cache miss makes |
 //! | `src/store/queries.rs` | that query and every other, in plain SQL, once for both backends; `src/store/sqlite.rs` and `src/store/postgres.rs` connect and open the transactions |

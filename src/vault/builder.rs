@@ -27,6 +27,7 @@ pub struct VaultBuilder<S> {
     pub(super) cache_capacity: u64,
     pub(super) load_timeout: Duration,
     pub(super) feed: FeedConfig,
+    pub(super) stale_if_error: Option<Duration>,
 }
 
 impl<S: KeyStore> VaultBuilder<S> {
@@ -104,6 +105,23 @@ impl<S: KeyStore> VaultBuilder<S> {
         self
     }
 
+    /// Opt-in: while the database fails or times out, serve a user's already-cached keys
+    /// past the [`cache_ttl`](Self::cache_ttl), for at most `bound` more. Off by default:
+    /// a failed load answers `503`.
+    ///
+    /// Stale keys are served only when a load fails with [`ErrorKind::Store`] or
+    /// [`ErrorKind::Timeout`] (never after a decryption failure), never past a key's own
+    /// expiry, and never for a user invalidated meanwhile (a write through this vault,
+    /// or one heard from the change feed before the outage). They carry
+    /// [`UserKeys::is_stale`](crate::UserKeys::is_stale), and each is logged as a
+    /// warning (without the user id). While the database is down the change feed hears
+    /// nothing, so a key revoked elsewhere during the outage may be served up to the
+    /// bound: choose it with that in mind.
+    pub fn stale_if_error(mut self, bound: Duration) -> Self {
+        self.stale_if_error = Some(bound);
+        self
+    }
+
     /// Runs the migrations, then proves the keyring can read the database.
     ///
     /// On first use it writes a check record: the vault's own random secret sealed under
@@ -122,6 +140,7 @@ impl<S: KeyStore> VaultBuilder<S> {
             self.cache_ttl,
             self.cache_capacity,
             self.load_timeout,
+            self.stale_if_error,
         ));
         let feed = start_feed(&self.store, &cache, self.feed).await?;
         Ok(Vault {

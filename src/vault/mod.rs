@@ -160,6 +160,7 @@ impl Vault {
             cache_capacity: 100_000,
             load_timeout: Duration::from_secs(3),
             feed: FeedConfig::default(),
+            stale_if_error: None,
         }
     }
 

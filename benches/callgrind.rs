@@ -1,0 +1,185 @@
+//! A driver for counting instructions per request with callgrind, which is exact and
+//! repeatable where wall-clock times on a shared machine are not.
+//!
+//! `callgrind <variant> <requests>` sends `<requests>` requests (one pre-parsed user
+//! header each, polled once with a no-op waker, as in `hit_path`) through one of:
+//!
+//! - `bare`: the inner service alone;
+//! - `prebuilt_arc_floor`: a layer inserting a prebuilt `Arc` into the extensions;
+//! - `naive_moka_layer`: a moka `get` of the user's `Arc` per request, then the insert;
+//! - `byok_hit`: tower-byok with the user's three keys cached.
+//!
+//! Only `drive_requests` is counted (`--toggle-collect`), so set-up is left out. Run
+//! `bash benches/callgrind.sh`, which prints each variant's instructions per request
+//! minus the bare service's. Under `cargo bench` (no variant given) it does nothing.
+//!
+//! `callgrind byok_miss <n>` instead counts `n` cache misses, as `miss_path` times them:
+//! `forget_cached` then `keys_for` of a user with three keys in an in-memory SQLite
+//! store (the count includes SQLite's and the decryption's work, the same before and
+//! after a cache change; `bash benches/callgrind.sh miss` prints it per miss).
+
+#![allow(missing_docs)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower::{service_fn, Service, ServiceBuilder};
+use tower_byok::resolve::FromHeader;
+use tower_byok::{ByokLayer, Keyring, MasterKey, SqliteStore, Vault};
+
+fn ready_now<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the measured path is not ready at once"),
+    }
+}
+
+fn request() -> Request<()> {
+    const USER: HeaderName = HeaderName::from_static("x-user");
+    let mut req = Request::new(());
+    req.headers_mut()
+        .insert(USER, HeaderValue::from_static("bench-user"));
+    req
+}
+
+/// The counted loop: `n` requests through `service`.
+#[inline(never)]
+fn drive_requests<S, B>(service: &mut S, n: u64)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    for _ in 0..n {
+        black_box(ready_now(service.call(black_box(request()))).ok());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let Some(variant) = args.first() else {
+        return; // `cargo bench` runs every bench target; this one needs a variant
+    };
+    let n: u64 = args
+        .get(1)
+        .map_or(100_000, |n| n.parse().expect("a number of requests"));
+    let inner = service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    match variant.as_str() {
+        "bare" => {
+            let mut s = inner;
+            run(&mut s, n);
+        }
+        "prebuilt_arc_floor" => {
+            let prebuilt = Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]);
+            let mut s = ServiceBuilder::new()
+                .map_request(move |mut req: Request<()>| {
+                    req.extensions_mut().insert(prebuilt.clone());
+                    req
+                })
+                .service(inner);
+            run(&mut s, n);
+        }
+        "naive_moka_layer" => {
+            let moka: moka::sync::Cache<String, Arc<Vec<(&str, &str)>>> =
+                moka::sync::Cache::builder()
+                    .time_to_live(std::time::Duration::from_secs(30))
+                    .max_capacity(100_000)
+                    .build();
+            moka.insert(
+                "bench-user".to_owned(),
+                Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]),
+            );
+            let mut s = ServiceBuilder::new()
+                .map_request(move |mut req: Request<()>| {
+                    let user = req
+                        .headers()
+                        .get("x-user")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    if let Some(keys) = user.and_then(|u| moka.get(&u)) {
+                        req.extensions_mut().insert(keys);
+                    }
+                    req
+                })
+                .service(inner);
+            run(&mut s, n);
+        }
+        "byok_miss" => {
+            let (rt, vault) = vault();
+            for _ in 0..100 {
+                rt.block_on(miss(&vault));
+            }
+            drive_requests_misses(&rt, &vault, n);
+        }
+        "byok_hit" => {
+            let (rt, vault) = vault();
+            let mut s = ServiceBuilder::new()
+                .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
+                .service(inner);
+            // Inside the runtime, as a server would be.
+            let _guard = rt.enter();
+            run(&mut s, n);
+        }
+        other => panic!("unknown variant {other:?}"),
+    }
+}
+
+/// One cache miss: the user forgotten, then loaded.
+async fn miss(vault: &Vault) {
+    vault.forget_cached("bench-user");
+    assert_eq!(vault.keys_for("bench-user").await.expect("load").len(), 3);
+}
+
+/// The counted loop of `byok_miss` (its name matches `--toggle-collect`).
+#[inline(never)]
+fn drive_requests_misses(rt: &tokio::runtime::Runtime, vault: &Vault, n: u64) {
+    for _ in 0..n {
+        rt.block_on(miss(vault));
+    }
+}
+
+/// A runtime and a vault whose `bench-user` has three keys, cached.
+fn vault() -> (tokio::runtime::Runtime, Vault) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let vault = rt.block_on(async {
+        let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
+        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
+            .cache_ttl(std::time::Duration::from_secs(3600))
+            .open()
+            .await
+            .expect("vault");
+        for (provider, secret) in [
+            ("openai", "sk-proj-bench-0001"),
+            ("gemini", "AIza-bench-0002"),
+            ("exa", "exa-bench-0003"),
+        ] {
+            vault
+                .put("bench-user", provider, secret)
+                .await
+                .expect("put");
+        }
+        vault.keys_for("bench-user").await.expect("warm the cache");
+        vault
+    });
+    (rt, vault)
+}
+
+/// Warms `service` with uncounted requests, then drives `n` counted ones.
+fn run<S, B>(service: &mut S, n: u64)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+{
+    for _ in 0..1_000 {
+        black_box(ready_now(service.call(request())).ok());
+    }
+    drive_requests(service, n);
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Instructions per request on a cache hit, counted by callgrind (exact, repeatable on a
+# noisy machine), minus the bare service's. See benches/callgrind.rs for the variants.
+#
+#   bash benches/callgrind.sh [requests]      (default 100000)
+#   bash benches/callgrind.sh miss [misses]   (default 2000): instructions per cache miss
+#
+# Needs valgrind. Builds the `callgrind` bench target in the bench profile first, unless
+# CALLGRIND_EXE names an already built driver (e.g. one built from another commit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=hit
+if [[ "${1:-}" == miss ]]; then
+  mode=miss
+  shift
+fi
+n="${1:-$([[ $mode == miss ]] && echo 2000 || echo 100000)}"
+exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "callgrind" and m.get("executable"):
+        print(m["executable"])')}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+count() {
+  valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*drive_requests*' \
+    --callgrind-out-file="$out/$1.out" "$exe" "$1" "$n" >/dev/null 2>"$out/$1.log"
+  grep -m1 '^summary:' "$out/$1.out" | awk '{print $2}'
+}
+if [[ $mode == miss ]]; then
+  echo "driver $exe, $n misses"
+  ir=$(count byok_miss)
+  printf '%-20s %12.0f\n' 'byok_miss Ir/miss' "$(echo "$ir / $n" | bc -l)"
+  exit 0
+fi
+echo "driver $exe, $n requests each"
+bare=$(count bare)
+printf '%-20s %10s %12s\n' variant Ir/request 'over bare'
+printf '%-20s %10.1f %12s\n' bare "$(echo "$bare / $n" | bc -l)" -
+for v in prebuilt_arc_floor naive_moka_layer byok_hit; do
+  ir=$(count "$v")
+  printf '%-20s %10.1f %12.1f\n' "$v" "$(echo "$ir / $n" | bc -l)" "$(echo "($ir - $bare) / $n" | bc -l)"
+done

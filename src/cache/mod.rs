@@ -1,0 +1,323 @@
+//! The per-user key cache: one moka cache, single-flight loads, invalidation.
+//!
+//! Each user's keys live in exactly one structure, a [`moka::sync::Cache`]: moka decides
+//! who stays (its capacity bound with TinyLFU admission) and for how long (a per-entry
+//! [`Expiry`]), and hits are served by moka's own `get`. There is no second index to
+//! keep in step, no eviction listener, and no task spawned per miss: a load's result is
+//! inserted before the load returns (Tokio is needed only for the load timeout's timer).
+//! The price is the hit path: a moka `get` records each read for its policy, about 1,100
+//! instructions, where the index it replaced read in 200 (BENCHMARKS.md §1).
+//!
+//! What holds, each guarded by a unit test in `tests.rs`:
+//! - an entry is served as fresh at most until the TTL or its earliest key expiry,
+//!   whichever comes first: moka checks each entry's deadline on every `get`, whatever
+//!   its housekeeping is doing;
+//! - about its capacity of users is served from it once moka's pending work has run
+//!   (moka applies its capacity bound in batches, so briefly a few more may be held);
+//! - concurrent misses of one user share one load; a waiter whose leader is cancelled
+//!   runs the load itself; a failed load's error goes to every waiter and is not cached;
+//! - after [`invalidate`](KeyCache::invalidate) returns, no load that began before it
+//!   puts its keys into the cache, and the user's old entry is gone;
+//!   [`invalidate_all`](KeyCache::invalidate_all) does the same for every user;
+//! - with a stale-if-error bound, an entry past its TTL is served only to a load that
+//!   failed with [`ErrorKind::Store`] or [`ErrorKind::Timeout`], marked
+//!   [stale](UserKeys::is_stale), at most that bound past the TTL, never past a key's own
+//!   expiry, and never once the user (or every user) was invalidated.
+//!
+//! Loads are guarded by generations so that a load which raced a write cannot put the
+//! older keys back: the generation check and moka's insert happen under one lock, which
+//! `invalidate` also takes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::Expiry;
+use tokio::sync::OnceCell;
+
+use crate::error::{Error, ErrorKind};
+use crate::keys::UserKeys;
+
+type Hasher = foldhash::fast::RandomState;
+type Entries = moka::sync::Cache<Arc<str>, Entry, Hasher>;
+
+/// Invalidations are counted per stripe of users: a write to one user makes concurrent
+/// loads of the users sharing its stripe skip caching once, which is harmless.
+const STRIPES: usize = 64;
+
+#[derive(Clone)]
+struct Entry {
+    keys: UserKeys,
+    /// Until this instant (the TTL) the entry is served on a hit, if moka still holds it.
+    fresh_until: Instant,
+    /// When moka drops the entry: the TTL, plus the stale-if-error bound if any, or the
+    /// earliest key expiry if sooner.
+    keep_until: Instant,
+}
+
+/// moka's per-entry expiry: each entry leaves at its own `keep_until`, also when a newer
+/// load replaces it.
+struct Deadline;
+
+impl Expiry<Arc<str>, Entry> for Deadline {
+    fn expire_after_create(&self, _: &Arc<str>, entry: &Entry, now: Instant) -> Option<Duration> {
+        Some(entry.keep_until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        entry: &Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.keep_until.saturating_duration_since(now))
+    }
+}
+
+/// One load in progress, shared by every request that misses on the same user.
+struct Flight {
+    result: OnceCell<Result<UserKeys, ErrorKind>>,
+    /// The user's stripe generation when the flight began.
+    generation: u64,
+}
+
+struct Shared {
+    flights: HashMap<Arc<str>, Arc<Flight>>,
+    generations: [u64; STRIPES],
+}
+
+/// The per-user key cache of one [`Vault`](crate::Vault) and all its clones; see the
+/// module docs for what it guarantees.
+pub(crate) struct KeyCache {
+    entries: Entries,
+    shared: Mutex<Shared>,
+    hasher: Hasher,
+    ttl: Duration,
+    load_timeout: Duration,
+    stale_if_error: Option<Duration>,
+}
+
+impl KeyCache {
+    /// A cache of at most about `capacity` users, each fresh for `ttl`; `stale_if_error`,
+    /// if given, is how long past the TTL an entry may still be served when a load fails
+    /// with a store error or a timeout.
+    pub(crate) fn new(
+        ttl: Duration,
+        capacity: u64,
+        load_timeout: Duration,
+        stale_if_error: Option<Duration>,
+    ) -> Self {
+        let hasher = Hasher::default();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(Deadline)
+            .build_with_hasher(hasher.clone());
+        Self {
+            entries,
+            shared: Mutex::new(Shared {
+                flights: HashMap::new(),
+                generations: [0; STRIPES],
+            }),
+            hasher,
+            ttl,
+            load_timeout,
+            stale_if_error,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Nothing under this lock can leave the state half-changed, so a poisoned lock
+        // (a panic elsewhere while it was held) is still consistent.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stripe(&self, user_id: &str) -> usize {
+        (self.hasher.hash_one(user_id).rotate_left(17) % STRIPES as u64) as usize
+    }
+
+    /// The cached keys of a user, without waiting: the request path's fast lane.
+    pub(crate) fn get(&self, user_id: &str) -> Option<UserKeys> {
+        let entry = self.entries.get(user_id)?;
+        // Without a stale-if-error bound, moka's deadline is the freshness deadline and
+        // moka has checked it; with one, an entry outlives its freshness.
+        if self.stale_if_error.is_some() && entry.fresh_until <= Instant::now() {
+            return None;
+        }
+        Some(entry.keys)
+    }
+
+    /// Caches freshly loaded keys. Called under the shared lock, after the generation
+    /// check, so that an invalidation is either before (no insert) or after (removes it).
+    fn insert(&self, user_id: Arc<str>, keys: &UserKeys) {
+        let now = Instant::now();
+        let fresh_until = now + self.ttl;
+        let mut keep_until = fresh_until + self.stale_if_error.unwrap_or(Duration::ZERO);
+        if let Some(expiry) = keys.earliest_expiry() {
+            let left = expiry
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            // moka drops the entry then, fresh or not: no expired key is ever served.
+            keep_until = keep_until.min(now + left);
+        }
+        self.entries.insert(
+            user_id,
+            Entry {
+                keys: keys.clone(),
+                fresh_until,
+                keep_until,
+            },
+        );
+    }
+
+    /// The keys of a user from the cache, or from `load` with concurrent misses for the
+    /// same user sharing one call. `load` must filter out expired keys. Errors and
+    /// timeouts are returned to every waiter and never cached; with a stale-if-error
+    /// bound, a store error or timeout returns the user's stale keys instead, if any may
+    /// still be served.
+    pub(crate) async fn get_or_load<F, Fut>(
+        &self,
+        user_id: &str,
+        load: F,
+    ) -> Result<UserKeys, ErrorKind>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<UserKeys, Error>>,
+    {
+        if let Some(keys) = self.get(user_id) {
+            return Ok(keys);
+        }
+        let stripe = self.stripe(user_id);
+        let (key, flight) = {
+            let mut shared = self.lock();
+            let generation = shared.generations[stripe];
+            match shared.flights.get_key_value(user_id) {
+                Some((key, flight)) => (key.clone(), flight.clone()),
+                None => {
+                    // Look again under the lock: a load inserts under it and only then
+                    // leaves the map, so a miss that raced a finishing load sees its
+                    // entry here instead of starting a second load.
+                    if let Some(keys) = self.get(user_id) {
+                        return Ok(keys);
+                    }
+                    let key: Arc<str> = Arc::from(user_id);
+                    let flight = Arc::new(Flight {
+                        result: OnceCell::new(),
+                        generation,
+                    });
+                    shared.flights.insert(key.clone(), flight.clone());
+                    (key, flight)
+                }
+            }
+        };
+        // Removes the flight from the map when its last caller leaves, however it leaves,
+        // so abandoned flights do not pile up.
+        let _leave = LeaveFlight {
+            cache: self,
+            user_id,
+            flight: &flight,
+        };
+        let result = flight
+            .result
+            .get_or_init(|| async {
+                let loaded = match tokio::time::timeout(self.load_timeout, load()).await {
+                    Ok(Ok(keys)) => Ok(keys),
+                    Ok(Err(e)) => Err(e.kind()),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?self.load_timeout, "loading a user's keys timed out");
+                        Err(ErrorKind::Timeout)
+                    }
+                };
+                let shared = self.lock();
+                // Under the lock that `invalidate` takes: either the write's
+                // invalidation came first and bumped the generation, so these keys
+                // are not cached, or it comes after and removes them.
+                let current = shared.generations[stripe] == flight.generation;
+                match loaded {
+                    Ok(keys) => {
+                        if current {
+                            self.insert(key.clone(), &keys);
+                        }
+                        Ok(keys)
+                    }
+                    // Read under the lock too, so an invalidation (which removes the
+                    // entry under it) is wholly before or after.
+                    Err(kind @ (ErrorKind::Store | ErrorKind::Timeout)) => {
+                        self.stale(&key).ok_or(kind)
+                    }
+                    Err(kind) => Err(kind),
+                }
+            })
+            .await
+            .clone();
+        result
+    }
+
+    /// The user's entry past its TTL, marked stale, if the stale-if-error bound lets it be
+    /// served (moka's `get` checks `keep_until`: the bound, and the key expiry).
+    fn stale(&self, user_id: &str) -> Option<UserKeys> {
+        self.stale_if_error?;
+        let entry = self.entries.get(user_id)?;
+        let now = Instant::now();
+        if entry.fresh_until > now {
+            // A load of this user finished meanwhile: its keys are fresh.
+            return Some(entry.keys);
+        }
+        tracing::warn!(
+            past_ttl = ?now.duration_since(entry.fresh_until),
+            "loading a user's keys failed; serving them stale from the cache"
+        );
+        Some(entry.keys.into_stale())
+    }
+
+    /// Forgets a user's keys at once, and makes any load of that user already under way
+    /// neither cache its result nor be joined by later requests.
+    pub(crate) fn invalidate(&self, user_id: &str) {
+        let stripe = self.stripe(user_id);
+        let mut shared = self.lock();
+        shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
+        shared.flights.remove(user_id);
+        self.entries.invalidate(user_id);
+    }
+
+    /// Forgets every user's keys at once, and makes every load under way neither cache
+    /// its result nor be joined by later requests.
+    pub(crate) fn invalidate_all(&self) {
+        let mut shared = self.lock();
+        for generation in &mut shared.generations {
+            *generation = generation.wrapping_add(1);
+        }
+        shared.flights.clear();
+        // moka marks every entry inserted up to now invalid at once; the memory is
+        // reclaimed by its housekeeping.
+        self.entries.invalidate_all();
+    }
+}
+
+struct LeaveFlight<'a> {
+    cache: &'a KeyCache,
+    user_id: &'a str,
+    flight: &'a Arc<Flight>,
+}
+
+impl Drop for LeaveFlight<'_> {
+    fn drop(&mut self) {
+        let mut shared = self.cache.lock();
+        // Only the last caller takes the flight out: the map's reference and this
+        // caller's are all that remain. Earlier, a cancelled leader would have let new
+        // requests start a second load while others still waited on this one.
+        if shared
+            .flights
+            .get(self.user_id)
+            .is_some_and(|current| Arc::ptr_eq(current, self.flight))
+            && Arc::strong_count(self.flight) <= 2
+        {
+            shared.flights.remove(self.user_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
