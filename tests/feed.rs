@@ -379,4 +379,44 @@ mod postgres_only {
         })
         .await;
     }
+
+    /// The feed drops only the users changed: a cached user whose row changed without
+    /// the feed knowing (its trigger disabled for that one statement) keeps being
+    /// served from the cache while other users' changes are applied around it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_users_changed_are_dropped() {
+        let db = TestDb::new(Backend::Postgres).await;
+        let (writer, reader) = (open(&db, OFF).await, open(&db, DEFAULT).await);
+        writer.put("alice", "openai", "sk-alice").await.unwrap();
+        // Alice's own put reaches the reader too: cache her only after it has.
+        within_bound("the put is applied", || async {
+            reader.change_feed().last_seq >= 1
+        })
+        .await;
+        assert_eq!(served(&reader, "alice").await.as_deref(), Some("sk-alice"));
+        let mut admin = raw(&db).await;
+        for sql in [
+            "ALTER TABLE byok_keys DISABLE TRIGGER byok_keys_changed",
+            "DELETE FROM byok_keys WHERE user_id = 'alice'",
+            "ALTER TABLE byok_keys ENABLE TRIGGER byok_keys_changed",
+        ] {
+            sqlx::query(sql).execute(&mut admin).await.unwrap();
+        }
+        for i in 0..20 {
+            writer
+                .put(&format!("user-{i}"), "openai", "sk")
+                .await
+                .unwrap();
+        }
+        within_bound("the other users' changes are applied", || async {
+            reader.change_feed().last_seq >= 21
+        })
+        .await;
+        tokio::time::sleep(DEFAULT.poll * 3).await;
+        assert_eq!(
+            served(&reader, "alice").await.as_deref(),
+            Some("sk-alice"),
+            "alice was dropped from the cache though nothing said she changed"
+        );
+    }
 }
