@@ -19,13 +19,24 @@ pub(crate) fn user_id(id: &str) -> Result<&str> {
     if id.is_empty() || id.len() > MAX_USER_ID_LEN {
         return Err(bad("a user id must be 1 to 255 bytes"));
     }
-    if id.chars().any(char::is_control) {
+    if has_control(id) {
         return Err(bad("a user id must not contain control characters"));
     }
-    if id.trim() != id {
+    let edge = |c: Option<char>| c.is_some_and(char::is_whitespace);
+    if edge(id.chars().next()) || edge(id.chars().next_back()) {
         return Err(bad("a user id must not start or end with whitespace"));
     }
     Ok(id)
+}
+
+/// `s.chars().any(char::is_control)`, on bytes: this runs on every request. The control
+/// characters are U+0000–U+001F and U+007F (one byte each) and U+0080–U+009F (`C2 80`
+/// to `C2 9F` in UTF-8).
+fn has_control(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b < 0x20 || b == 0x7f || (b == 0xc2 && bytes.get(i + 1).is_some_and(|&n| n <= 0x9f))
+    })
 }
 
 /// Lowercases a provider name and checks it against `[a-z0-9][a-z0-9_.-]{0,63}`.
@@ -106,6 +117,23 @@ pub(crate) fn mask(secret: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_checks_agree_with_the_char_definitions() {
+        // Every char up to U+0800 and a few beyond, alone and between other chars: the
+        // request path's byte scans must give exactly what the plain definitions give.
+        let chars = (0..0x800u32)
+            .chain([0x2028, 0x3000, 0xfeff, 0x1_f600])
+            .filter_map(char::from_u32);
+        for c in chars {
+            for id in [c.to_string(), format!("a{c}b"), format!("{c}ab"), format!("ab{c}")] {
+                let control = id.chars().any(char::is_control);
+                assert_eq!(has_control(&id), control, "{:?}", c as u32);
+                let expected = !control && id.trim() == id;
+                assert_eq!(user_id(&id).is_ok(), expected, "{:?} in {id:?}", c as u32);
+            }
+        }
+    }
 
     #[test]
     fn providers_are_normalized_and_checked() {
