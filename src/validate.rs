@@ -126,7 +126,12 @@ mod tests {
             .chain([0x2028, 0x3000, 0xfeff, 0x1_f600])
             .filter_map(char::from_u32);
         for c in chars {
-            for id in [c.to_string(), format!("a{c}b"), format!("{c}ab"), format!("ab{c}")] {
+            for id in [
+                c.to_string(),
+                format!("a{c}b"),
+                format!("{c}ab"),
+                format!("ab{c}"),
+            ] {
                 let control = id.chars().any(char::is_control);
                 assert_eq!(has_control(&id), control, "{:?}", c as u32);
                 let expected = !control && id.trim() == id;
