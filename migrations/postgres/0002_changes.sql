@@ -19,11 +19,12 @@ DECLARE
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO byok_changes (user_id, at) VALUES (NULL, now_ms);
+    ELSIF TG_OP = 'INSERT' THEN
+        INSERT INTO byok_changes (user_id, at) VALUES (NEW.user_id, now_ms);
     ELSE
-        IF TG_OP <> 'INSERT' THEN
-            INSERT INTO byok_changes (user_id, at) VALUES (OLD.user_id, now_ms);
-        END IF;
-        IF TG_OP = 'INSERT' OR NEW.user_id IS DISTINCT FROM OLD.user_id THEN
+        -- UPDATE or DELETE (where NEW is NULL: it must not read as "every user").
+        INSERT INTO byok_changes (user_id, at) VALUES (OLD.user_id, now_ms);
+        IF TG_OP = 'UPDATE' AND NEW.user_id IS DISTINCT FROM OLD.user_id THEN
             INSERT INTO byok_changes (user_id, at) VALUES (NEW.user_id, now_ms);
         END IF;
     END IF;
