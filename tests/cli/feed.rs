@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use tower_byok::{Keyring, PostgresStore, SqliteStore, Vault};
+use tower_byok::store::KeyStore;
+use tower_byok::{Keyring, PostgresStore, SqliteStore, Vault, VaultBuilder};
 
 use crate::common::Backend;
 use crate::Env;
@@ -12,30 +13,24 @@ use crate::Env;
 crate::per_backend!(a_running_app_sees_the_clis_writes);
 
 async fn app(env: &Env) -> Vault {
+    fn following<S: KeyStore>(store: S, keyring: Keyring) -> VaultBuilder<S> {
+        Vault::builder(store, keyring)
+            .cache_ttl(Duration::from_secs(3600))
+            .poll_interval(Duration::from_millis(200))
+    }
     let keyring = Keyring::from_file(env.path("k1.keys")).unwrap();
-    let hour = Duration::from_secs(3600);
-    let poll = Duration::from_millis(200);
-    match env.backend {
+    let vault = match env.backend {
         Backend::Sqlite => {
             let store = SqliteStore::connect(&env.url).await.unwrap();
-            Vault::builder(store, keyring)
-                .cache_ttl(hour)
-                .poll_interval(poll)
-                .open()
-                .await
-                .unwrap()
+            following(store, keyring).open().await
         }
         #[cfg(feature = "postgres")]
         Backend::Postgres => {
             let store = PostgresStore::connect(&env.url).await.unwrap();
-            Vault::builder(store, keyring)
-                .cache_ttl(hour)
-                .poll_interval(poll)
-                .open()
-                .await
-                .unwrap()
+            following(store, keyring).open().await
         }
-    }
+    };
+    vault.unwrap()
 }
 
 async fn served(app: &Vault) -> Option<String> {
