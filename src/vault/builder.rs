@@ -73,6 +73,9 @@ impl<S: KeyStore> VaultBuilder<S> {
     /// here within about a [`poll_interval`](Self::poll_interval), or at once on
     /// PostgreSQL with [`listen_for_changes`](Self::listen_for_changes). Default `true`.
     ///
+    /// The feed is followed by one task on the Tokio runtime that opens the vault, for as
+    /// long as the vault (any clone of it) lives: open it on the runtime that serves.
+    ///
     /// With `false`, only the [`cache_ttl`](Self::cache_ttl) bounds how long such a
     /// write goes unseen. Writes through this vault invalidate at once either way. See
     /// the README's multi-instance section for the guarantees and their figures.
