@@ -1,8 +1,14 @@
 //! Isolation soak: many users' requests through the real layer, over real HTTP on
 //! loopback (axum server, hyper client), on each backend, while keys are replaced and
-//! revoked concurrently, with a cache TTL of 20 ms so that misses are frequent, and about
+//! revoked concurrently, with a cache TTL of 250 ms, and about
 //! a fifth of the requests dropped mid-flight (the client drops the response future,
 //! which closes the connection, and the server drops the request's future).
+//!
+//! The TTL is short beside how often one user is requested (every 0.6 s in the CI
+//! variant, every 3 s in the full one), so most requests load from the database; it is
+//! long enough that a write that failed to invalidate the cache would serve stale keys to
+//! requests started after it (checked: with the invalidation removed from the vault's
+//! writes, 20 users, 4,000 requests: 457 stale after replace, 112 after revoke).
 //!
 //! Every secret encodes its user and version (`sk-u<user>-v<version>-…`). Counted
 //! separately:
@@ -98,7 +104,7 @@ async fn isolation_soak(backend: Backend) {
     let users = env("BYOK_SOAK_USERS", 400) as u32;
     let db = TestDb::new(backend).await;
     let opts = Opts {
-        cache_ttl: Duration::from_millis(20),
+        cache_ttl: Duration::from_millis(250),
         ..Opts::default()
     };
     let vault = db.open_with(keyring(), opts).await.unwrap();
