@@ -19,6 +19,12 @@ pub enum ErrorKind {
     InvalidProvider,
     /// A secret was empty, longer than 16 KiB, or rejected by a validator.
     InvalidSecret,
+    /// A user already stores as many providers' keys as the vault allows
+    /// ([`VaultBuilder::max_providers_per_user`](crate::VaultBuilder::max_providers_per_user)),
+    /// and the write would have added another. Replacing a key the user already has is
+    /// always allowed. Nothing was written; the message holds the cap, never the user id
+    /// or the secret.
+    TooManyProviders,
     /// A key failed a provider's live check ([`crate::check::KeyCheck::check_live`]).
     KeyRejected,
     /// An audit actor name is not 1 to 64 characters of `[A-Za-z0-9_.:@-]`.
@@ -62,6 +68,7 @@ impl ErrorKind {
             Self::InvalidProvider => "invalid provider name",
             Self::InvalidSecret => "invalid secret",
             Self::InvalidActor => "invalid audit actor",
+            Self::TooManyProviders => "the user already stores the most providers allowed",
             Self::KeyRejected => "the key was rejected by its provider check",
             Self::InvalidKeyring => "invalid master keyring",
             Self::Decrypt => "a stored key could not be decrypted",

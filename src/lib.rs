@@ -204,7 +204,7 @@ pub use crate::store::sqlite::SqliteStore;
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
 pub use crate::vault::{
     MasterKeyUsage, Progress, RewrapReport, RowFailure, Vault, VaultBuilder, VerifyReport,
-    DEFAULT_ACTOR,
+    DEFAULT_ACTOR, DEFAULT_MAX_PROVIDERS_PER_USER,
 };
 
 /// Internals exposed for the crate's own benchmarks only: not a public API, no semver.

@@ -8,7 +8,10 @@ use axum::routing::get;
 use axum::Router;
 use http::StatusCode;
 use tower_byok::resolve::FromHeader;
-use tower_byok::{ByokLayer, ErrorKind, Keyring, MasterKey, SqliteStore, UserKeys, Vault};
+use tower_byok::{
+    ByokLayer, ErrorKind, Keyring, MasterKey, SqliteStore, UserKeys, Vault,
+    DEFAULT_MAX_PROVIDERS_PER_USER,
+};
 
 const SECRET: &str = "sk-catalogue-secret-0123456789";
 
@@ -181,6 +184,57 @@ async fn bad_values_get_typed_errors_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(vault.verify(|_| {}).await.unwrap().opened, 3);
+}
+
+/// A user with thousands of providers: the default cap stores the first
+/// [`DEFAULT_MAX_PROVIDERS_PER_USER`] and refuses each one after with a typed error that
+/// names neither the user nor the secret, storing nothing; replacing and other users are
+/// unaffected.
+#[tokio::test]
+async fn a_user_with_thousands_of_providers_is_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = vault(&dir).await;
+    let cap = DEFAULT_MAX_PROVIDERS_PER_USER as usize;
+    let user = "hoarder-7f3a";
+    let mut refused = 0;
+    for p in 0..2_000 {
+        let secret = format!("{SECRET}-{p:04}");
+        match vault.put(user, &format!("provider-{p}"), &secret).await {
+            Ok(action) => {
+                assert!(p < cap, "provider {p} was stored past the cap");
+                assert_eq!(action, tower_byok::AuditAction::Put);
+            }
+            Err(err) => {
+                assert!(p >= cap, "provider {p} was refused below the cap: {err}");
+                assert_eq!(err.kind(), ErrorKind::TooManyProviders);
+                let shown = format!("{err} {err:?}");
+                assert!(
+                    shown.contains(&cap.to_string()),
+                    "the cap is named: {shown}"
+                );
+                assert!(!shown.contains(user) && !shown.contains(SECRET), "{shown}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 2_000 - cap);
+    assert_eq!(vault.list(user).await.unwrap().len(), cap);
+    assert_eq!(vault.verify(|_| {}).await.unwrap().opened, cap as u64);
+    assert!(vault.get(user, "provider-1999").await.unwrap().is_none());
+    // At the cap: a replace is allowed, and other users are not limited by this one.
+    vault
+        .put(user, "provider-0", "sk-replaced-0123456789")
+        .await
+        .unwrap();
+    vault
+        .put("someone-else", "provider-0", SECRET)
+        .await
+        .unwrap();
+    // After a delete there is room for one more.
+    vault.delete(user, "provider-1").await.unwrap();
+    vault.put(user, "provider-1999", SECRET).await.unwrap();
+    let err = vault.put(user, "provider-1998", SECRET).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooManyProviders);
 }
 
 #[test]

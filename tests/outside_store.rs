@@ -85,9 +85,21 @@ impl KeyStore for MemStore {
             .cloned())
     }
 
-    async fn upsert(&self, row: &StoredKey, audit: &AuditRecord) -> Result<AuditAction> {
+    async fn upsert(
+        &self,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> Result<AuditAction> {
+        // The count and the insert under one lock: concurrent puts cannot overshoot.
         let mut state = self.state.lock().unwrap();
         let id = (row.user_id.clone(), row.provider.clone());
+        if !state.keys.contains_key(&id) {
+            let held = state.keys.keys().filter(|(u, _)| *u == row.user_id).count();
+            if held >= max_providers as usize {
+                return Err(ErrorKind::TooManyProviders.into());
+            }
+        }
         let action = match state.keys.get(&id) {
             Some(old) => {
                 let created_at = old.created_at;

@@ -28,7 +28,75 @@ per_backend!(
     instances_opening_a_new_database_together_agree,
     abandoned_writes_neither_wedge_the_store_nor_stale_the_cache,
     concurrent_cold_misses_make_one_load_every_time,
+    concurrent_puts_at_the_provider_cap_never_overshoot,
 );
+
+/// A user one below the cap puts two new providers at once, many times over: exactly one
+/// of each pair is stored, the other is refused and leaves nothing behind. On PostgreSQL
+/// this needs the per-user lock: READ COMMITTED alone lets both counts see room.
+async fn concurrent_puts_at_the_provider_cap_never_overshoot(backend: Backend) {
+    const CAP: u32 = 3;
+    const ROUNDS: usize = 40;
+    let db = TestDb::new(backend).await;
+    let opts = common::Opts {
+        max_providers: CAP,
+        ..common::Opts::default()
+    };
+    let vault = db.open_with(keyring(), opts).await.unwrap();
+    let mut overshoots = 0;
+    for round in 0..ROUNDS {
+        let user = format!("user-{round}");
+        for p in 0..CAP - 1 {
+            vault
+                .put(&user, &format!("p{p}"), "sk-seed-0123456789")
+                .await
+                .unwrap();
+        }
+        // Eight writers race for the one free place.
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let (vault, user, barrier) = (vault.clone(), user.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    vault
+                        .put(&user, &format!("new{i}"), &format!("sk-new-{i}-0123456789"))
+                        .await
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(action) => {
+                    assert_eq!(action, AuditAction::Put);
+                    stored += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::TooManyProviders, "{e}");
+                    assert!(!e.to_string().contains(&user), "{e}");
+                }
+            }
+        }
+        let held = vault.list(&user).await.unwrap().len();
+        assert_eq!(held, vault.get_all(&user).await.unwrap().len());
+        if stored != 1 || held != CAP as usize {
+            overshoots += 1;
+        }
+        // At the cap, a replace is still allowed.
+        assert_eq!(
+            vault
+                .put(&user, "p0", "sk-replaced-0123456789")
+                .await
+                .unwrap(),
+            AuditAction::Replace
+        );
+    }
+    assert_eq!(
+        overshoots, 0,
+        "rounds of {ROUNDS} where the cap did not hold exactly"
+    );
+}
 
 async fn concurrent_cold_misses_make_one_load_every_time(backend: Backend) {
     let db = TestDb::new(backend).await;

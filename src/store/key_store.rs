@@ -43,10 +43,20 @@ pub trait KeyStore: Send + Sync + 'static {
     /// action to [`AuditAction::Put`] or [`AuditAction::Replace`]) in the same
     /// transaction. Returns the action taken. Two concurrent first writes of one key
     /// must end as one put and one replace, never two puts or a failure.
+    ///
+    /// `max_providers` caps how many rows one user may have: when the row is new (no row
+    /// for its user and provider) and the user already has `max_providers` rows or more,
+    /// write nothing and fail with [`ErrorKind::TooManyProviders`](crate::ErrorKind::TooManyProviders)
+    /// (`Err(ErrorKind::TooManyProviders.into())`; the vault adds the cap to the
+    /// message). A replace is always allowed. The count and the insert must be atomic
+    /// against concurrent writes of the same user: two concurrent puts of new providers
+    /// by a user one below the cap must not both succeed (the built-in stores serialize
+    /// a user's writes: SQLite's write lock, a per-user advisory lock on PostgreSQL).
     fn upsert(
         &self,
         row: &StoredKey,
         audit: &AuditRecord,
+        max_providers: u32,
     ) -> impl Future<Output = Result<AuditAction>> + Send;
 
     /// Deletes one provider's row of a user, or all the user's rows when `provider` is
@@ -108,6 +118,7 @@ pub(crate) trait DynKeyStore: Send + Sync + 'static {
         &'a self,
         row: &'a StoredKey,
         audit: &'a AuditRecord,
+        max_providers: u32,
     ) -> BoxFuture<'a, Result<AuditAction>>;
     fn delete<'a>(
         &'a self,
@@ -136,8 +147,9 @@ impl<S: KeyStore> DynKeyStore for S {
         &'a self,
         row: &'a StoredKey,
         audit: &'a AuditRecord,
+        max_providers: u32,
     ) -> BoxFuture<'a, Result<AuditAction>> {
-        Box::pin(KeyStore::upsert(self, row, audit))
+        Box::pin(KeyStore::upsert(self, row, audit, max_providers))
     }
     fn delete<'a>(
         &'a self,

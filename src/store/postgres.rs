@@ -37,6 +37,11 @@ impl PostgresStore {
     /// together run the migrations one at a time ("byok" in ASCII).
     const MIGRATION_LOCK: i64 = 0x6279_6f6b;
 
+    /// The first half of the two-key advisory lock each user's upserts take (the second
+    /// is `hashtext(user_id)`): two-key locks never collide with [`Self::MIGRATION_LOCK`]'s
+    /// one-key space. A hash collision only makes two users' puts wait for each other.
+    const USER_LOCK_CLASS: i32 = 0x6279_6f6b;
+
     /// Connects with a `postgres://` URL and a pool of default size.
     ///
     /// # Errors
@@ -64,6 +69,19 @@ impl PostgresStore {
     /// A write transaction (READ COMMITTED, the server's default).
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(Error::store)
+    }
+
+    /// A write transaction holding an advisory lock on `user_id` until it ends, so that a
+    /// user's upserts run one at a time (READ COMMITTED locks rows, not absent rows).
+    async fn begin_user_write(&self, user_id: &str) -> Result<Transaction<'static, Postgres>> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(Self::USER_LOCK_CLASS)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::store)?;
+        Ok(tx)
     }
 
     /// A transaction holding the lock that migrations and check-record creation take.

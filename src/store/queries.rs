@@ -62,26 +62,17 @@ impl KeyStore for Store {
         Ok(row.map(stored_key))
     }
 
-    async fn upsert(&self, row: &StoredKey, audit: &AuditRecord) -> Result<AuditAction> {
-        let mut tx = self.begin_write().await?;
-        // Insert-or-nothing, then update: under PostgreSQL's READ COMMITTED a second
-        // concurrent first write waits on the first's unique-index entry and then
-        // takes the update branch, so exactly one of them is audited as a put.
+    async fn upsert(
+        &self,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> Result<AuditAction> {
+        // The user's writes are serialized from here to the commit (SQLite: the write
+        // lock of BEGIN IMMEDIATE; PostgreSQL: an advisory lock on the user), so the
+        // count below cannot be outdated by a concurrent put of another new provider.
+        let mut tx = self.begin_user_write(&row.user_id).await?;
         let action = loop {
-            let inserted = bind_row(
-                sqlx::query(concat!(
-                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
-                    "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
-                    "ON CONFLICT (user_id, provider) DO NOTHING"
-                )),
-                row,
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::store)?;
-            if inserted.rows_affected() == 1 {
-                break AuditAction::Put;
-            }
             // The same parameters in the same places as the insert.
             let updated = bind_row(
                 sqlx::query(concat!(
@@ -96,7 +87,32 @@ impl KeyStore for Store {
             if updated.rows_affected() == 1 {
                 break AuditAction::Replace;
             }
-            // Deleted between the two statements by another transaction: insert again.
+            let count: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM byok_keys WHERE user_id = $1")
+                    .bind(&row.user_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(Error::store)?;
+            if count >= i64::from(max_providers) {
+                // Dropping the transaction rolls it back: nothing was written.
+                return Err(ErrorKind::TooManyProviders.into());
+            }
+            // Insert-or-nothing: a writer that does not take the user's lock (an
+            // operator's SQL) may have inserted the row meanwhile; then update it.
+            let inserted = bind_row(
+                sqlx::query(concat!(
+                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
+                    "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
+                    "ON CONFLICT (user_id, provider) DO NOTHING"
+                )),
+                row,
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::store)?;
+            if inserted.rows_affected() == 1 {
+                break AuditAction::Put;
+            }
         };
         insert_audit(&mut tx, audit, &row.provider, action).await?;
         tx.commit().await.map_err(Error::store)?;

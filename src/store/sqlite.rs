@@ -127,6 +127,12 @@ impl SqliteStore {
             .map_err(Error::store)
     }
 
+    /// A write transaction during which no other write of `user_id` (or of anyone: SQLite
+    /// has one write lock) can commit.
+    async fn begin_user_write(&self, _user_id: &str) -> Result<Transaction<'static, Sqlite>> {
+        self.begin_write().await
+    }
+
     /// A transaction holding the lock that migrations and check-record creation take.
     async fn begin_locked(&self) -> Result<Transaction<'static, Sqlite>> {
         self.begin_write().await

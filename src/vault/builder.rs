@@ -26,6 +26,7 @@ pub struct VaultBuilder<S> {
     pub(super) cache_ttl: Duration,
     pub(super) cache_capacity: u64,
     pub(super) load_timeout: Duration,
+    pub(super) max_providers: u32,
     pub(super) feed: FeedConfig,
     pub(super) stale_if_error: Option<Duration>,
 }
@@ -65,6 +66,37 @@ impl<S: KeyStore> VaultBuilder<S> {
     /// [`ErrorKind::Timeout`]. Default 3 seconds.
     pub fn load_timeout(mut self, timeout: Duration) -> Self {
         self.load_timeout = timeout;
+        self
+    }
+
+    /// How many providers' keys one user may store at most. Default
+    /// [`DEFAULT_MAX_PROVIDERS_PER_USER`](crate::DEFAULT_MAX_PROVIDERS_PER_USER) (64).
+    ///
+    /// A [`put`](Vault::put) that would add a provider beyond the cap fails with
+    /// [`ErrorKind::TooManyProviders`] and stores nothing; replacing a key the user
+    /// already has is always allowed, so is deleting. The count and the insert are one
+    /// atomic step in the store, so concurrent puts cannot overshoot it. Lowering the cap
+    /// removes nothing: a user above it keeps his keys and can add none until he is
+    /// below it. `0` refuses every new key.
+    ///
+    /// ```
+    /// # use tower_byok::{ErrorKind, Keyring, MasterKey, SqliteStore, Vault};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_byok::Error> {
+    /// # let keyring = Keyring::new(MasterKey::generate("k1")?);
+    /// let vault = Vault::builder(SqliteStore::in_memory().await?, keyring)
+    ///     .max_providers_per_user(2)
+    ///     .open()
+    ///     .await?;
+    /// vault.put("alice", "openai", "sk-alice-openai-0123456789").await?;
+    /// vault.put("alice", "exa", "exa-alice-0123456789").await?;
+    /// let err = vault.put("alice", "groq", "gsk-alice-0123456789").await.unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::TooManyProviders);
+    /// vault.put("alice", "openai", "sk-alice-openai-rotated").await?; // a replace
+    /// # Ok(()) }
+    /// ```
+    pub fn max_providers_per_user(mut self, max: u32) -> Self {
+        self.max_providers = max;
         self
     }
 
@@ -153,6 +185,7 @@ impl<S: KeyStore> VaultBuilder<S> {
                 keyring: self.keyring,
                 secret,
                 cache,
+                max_providers: self.max_providers,
                 feed,
             }),
             actor: DEFAULT_ACTOR.into(),

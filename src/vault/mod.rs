@@ -33,6 +33,11 @@ pub use self::rotation::{MasterKeyUsage, Progress, RewrapReport, RowFailure, Ver
 /// Rows per page for the operations that walk the whole table.
 const PAGE: u32 = 500;
 
+/// How many providers' keys one user may store unless
+/// [`VaultBuilder::max_providers_per_user`] says otherwise: far above what one user of
+/// an application plausibly holds, low enough that one account cannot grow without bound.
+pub const DEFAULT_MAX_PROVIDERS_PER_USER: u32 = 64;
+
 /// The actor recorded in the audit trail when none is set with [`Vault::with_actor`].
 pub const DEFAULT_ACTOR: &str = "app";
 
@@ -92,6 +97,8 @@ pub(crate) struct Inner {
     pub(crate) keyring: Keyring,
     pub(crate) secret: VaultSecret,
     pub(crate) cache: Arc<KeyCache>,
+    /// The cap on one user's providers, passed to each [`KeyStore::upsert`].
+    pub(crate) max_providers: u32,
     /// Follows writes made elsewhere; stops when the vault is dropped.
     pub(crate) feed: Feed,
 }
@@ -159,6 +166,7 @@ impl Vault {
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             load_timeout: Duration::from_secs(3),
+            max_providers: DEFAULT_MAX_PROVIDERS_PER_USER,
             feed: FeedConfig::default(),
             stale_if_error: None,
         }

@@ -22,8 +22,11 @@ impl Vault {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidUserId`], [`ErrorKind::InvalidProvider`] or
-    /// [`ErrorKind::InvalidSecret`] before anything is written; [`ErrorKind::Store`]
-    /// when the database fails, in which case nothing is written.
+    /// [`ErrorKind::InvalidSecret`] before anything is written;
+    /// [`ErrorKind::TooManyProviders`] when the provider is new to the user and he
+    /// already has [`max_providers_per_user`](crate::VaultBuilder::max_providers_per_user)
+    /// keys, and [`ErrorKind::Store`] when the database fails, in both cases with
+    /// nothing written.
     pub async fn put(&self, user_id: &str, provider: &str, secret: &str) -> Result<AuditAction> {
         self.write(user_id, provider, secret, None).await
     }
@@ -80,9 +83,16 @@ impl Vault {
         let user_ref = audit.user_ref.clone();
         let action = self
             .detached_write(Some(user_id), move |inner| async move {
-                inner.store.upsert(&row, &audit).await
+                let max = inner.max_providers;
+                inner.store.upsert(&row, &audit, max).await
             })
-            .await?;
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::TooManyProviders => Error::new(ErrorKind::TooManyProviders).with_detail(
+                    format!("at most {} providers per user", self.inner.max_providers),
+                ),
+                _ => e,
+            })?;
         tracing::debug!(user_ref = %user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
         Ok(action)
     }

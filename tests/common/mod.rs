@@ -53,6 +53,7 @@ pub enum Backend {
 pub struct Opts {
     pub cache_ttl: Duration,
     pub load_timeout: Duration,
+    pub max_providers: u32,
 }
 
 impl Default for Opts {
@@ -60,6 +61,7 @@ impl Default for Opts {
         Self {
             cache_ttl: Duration::from_secs(30),
             load_timeout: Duration::from_secs(3),
+            max_providers: tower_byok::DEFAULT_MAX_PROVIDERS_PER_USER,
         }
     }
 }
@@ -117,6 +119,7 @@ impl TestDb {
                 Vault::builder(store, keyring)
                     .cache_ttl(opts.cache_ttl)
                     .load_timeout(opts.load_timeout)
+                    .max_providers_per_user(opts.max_providers)
                     .open()
                     .await
             }
@@ -129,6 +132,7 @@ impl TestDb {
                 Vault::builder(tower_byok::PostgresStore::from_pool(pool), keyring)
                     .cache_ttl(opts.cache_ttl)
                     .load_timeout(opts.load_timeout)
+                    .max_providers_per_user(opts.max_providers)
                     .open()
                     .await
             }
@@ -454,8 +458,13 @@ impl<S: KeyStore> KeyStore for Probed<S> {
     async fn fetch_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>> {
         self.inner.fetch_key(user_id, provider).await
     }
-    async fn upsert(&self, row: &StoredKey, audit: &AuditRecord) -> Result<AuditAction> {
-        self.inner.upsert(row, audit).await
+    async fn upsert(
+        &self,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> Result<AuditAction> {
+        self.inner.upsert(row, audit, max_providers).await
     }
     async fn delete(
         &self,
@@ -506,6 +515,7 @@ impl TestDb {
                 Vault::builder(store, keyring)
                     .cache_ttl(opts.cache_ttl)
                     .load_timeout(opts.load_timeout)
+                    .max_providers_per_user(opts.max_providers)
                     .open()
                     .await
                     .unwrap()
@@ -520,6 +530,7 @@ impl TestDb {
                 Vault::builder(store, keyring)
                     .cache_ttl(opts.cache_ttl)
                     .load_timeout(opts.load_timeout)
+                    .max_providers_per_user(opts.max_providers)
                     .open()
                     .await
                     .unwrap()
