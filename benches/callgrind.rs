@@ -21,23 +21,17 @@
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_byok::resolve::FromHeader;
-use tower_byok::{ByokLayer, Keyring, MasterKey, SqliteStore, Vault};
+use tower_byok::{ByokLayer, Vault};
 
-fn ready_now<F: Future>(future: F) -> F::Output {
-    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the measured path is not ready at once"),
-    }
-}
+#[path = "support/hit.rs"]
+mod hit;
+use hit::{cached_vault, ready_now};
 
 fn request() -> Request<()> {
     const USER: HeaderName = HeaderName::from_static("x-user");
@@ -111,14 +105,14 @@ fn main() {
             run(&mut s, n);
         }
         "byok_miss" => {
-            let (rt, vault) = vault();
+            let (rt, vault) = cached_vault();
             for _ in 0..100 {
                 rt.block_on(miss(&vault));
             }
             drive_requests_misses(&rt, &vault, n);
         }
         "byok_hit" => {
-            let (rt, vault) = vault();
+            let (rt, vault) = cached_vault();
             let mut s = ServiceBuilder::new()
                 .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
                 .service(inner);
@@ -142,35 +136,6 @@ fn drive_requests_misses(rt: &tokio::runtime::Runtime, vault: &Vault, n: u64) {
     for _ in 0..n {
         rt.block_on(miss(vault));
     }
-}
-
-/// A runtime and a vault whose `bench-user` has three keys, cached.
-fn vault() -> (tokio::runtime::Runtime, Vault) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let vault = rt.block_on(async {
-        let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
-        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
-            .cache_ttl(std::time::Duration::from_secs(3600))
-            .open()
-            .await
-            .expect("vault");
-        for (provider, secret) in [
-            ("openai", "sk-proj-bench-0001"),
-            ("gemini", "AIza-bench-0002"),
-            ("exa", "exa-bench-0003"),
-        ] {
-            vault
-                .put("bench-user", provider, secret)
-                .await
-                .expect("put");
-        }
-        vault.keys_for("bench-user").await.expect("warm the cache");
-        vault
-    });
-    (rt, vault)
 }
 
 /// Warms `service` with uncounted requests, then drives `n` counted ones.

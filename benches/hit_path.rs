@@ -16,25 +16,18 @@
 #![allow(missing_docs)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_byok::resolve::FromHeader;
-use tower_byok::{ByokLayer, Keyring, MasterKey, SqliteStore, Vault};
+use tower_byok::ByokLayer;
 
-/// Polls a future that must be ready at once.
-fn ready_now<F: Future>(future: F) -> F::Output {
-    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benchmarked path is not ready at once"),
-    }
-}
+#[path = "support/hit.rs"]
+mod hit;
+use hit::{cached_vault, ready_now};
 
 /// A request with one pre-parsed header: the user's, or another one, so both variants
 /// cost the same to build.
@@ -49,31 +42,8 @@ fn request(user: bool) -> Request<()> {
 }
 
 fn hit_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let vault = rt.block_on(async {
-        let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
-        // A TTL longer than the whole run: every `byok_hit` request must be a hit.
-        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
-            .cache_ttl(std::time::Duration::from_secs(3600))
-            .open()
-            .await
-            .expect("vault");
-        for (provider, secret) in [
-            ("openai", "sk-proj-bench-0001"),
-            ("gemini", "AIza-bench-0002"),
-            ("exa", "exa-bench-0003"),
-        ] {
-            vault
-                .put("bench-user", provider, secret)
-                .await
-                .expect("put");
-        }
-        vault.keys_for("bench-user").await.expect("warm the cache");
-        vault
-    });
+    // The runtime lives as long as the vault, as it did when it opened it.
+    let (_rt, vault) = cached_vault();
     let inner = service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
 
     let mut group = c.benchmark_group("hit_path");

@@ -1,0 +1,46 @@
+//! What the hit-path benches share (criterion's `hit_path` and the callgrind driver):
+//! a vault with one cached user, and polling a future that must be ready at once.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use tower_byok::{Keyring, MasterKey, SqliteStore, Vault};
+
+/// Polls a future that must be ready at once (a cache hit completes synchronously).
+pub(crate) fn ready_now<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the measured path is not ready at once"),
+    }
+}
+
+/// A current-thread runtime and a vault whose `bench-user` has three keys, cached, with
+/// a TTL longer than any run: every request for that user is a hit.
+pub(crate) fn cached_vault() -> (tokio::runtime::Runtime, Vault) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let vault = rt.block_on(async {
+        let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
+        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
+            .cache_ttl(std::time::Duration::from_secs(3600))
+            .open()
+            .await
+            .expect("vault");
+        for (provider, secret) in [
+            ("openai", "sk-proj-bench-0001"),
+            ("gemini", "AIza-bench-0002"),
+            ("exa", "exa-bench-0003"),
+        ] {
+            vault
+                .put("bench-user", provider, secret)
+                .await
+                .expect("put");
+        }
+        vault.keys_for("bench-user").await.expect("warm the cache");
+        vault
+    });
+    (rt, vault)
+}
