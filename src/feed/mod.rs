@@ -54,6 +54,10 @@ pub(crate) enum Wake {
     /// The poll interval passed.
     Timer,
     /// A notification came, or the listening connection came back: read now.
+    #[cfg_attr(
+        not(feature = "postgres"),
+        expect(dead_code, reason = "only PostgreSQL listens")
+    )]
     Notified,
 }
 
