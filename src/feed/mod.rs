@@ -340,25 +340,20 @@ async fn catch_up<S: ChangeSource>(
     let mut applied = tracker.apply(&first, sink);
     // Only the first read started at the horizon, so only it can tell that a gap below
     // its last row is settled; later pages just apply what they find.
-    let full = first.rows.len() == PAGE as usize;
-    let covered = match first.rows.last() {
-        Some((seq, _)) if full => *seq,
-        _ => i64::MAX,
-    };
-    let mut cursor = if full {
-        first.rows.last().map(|(seq, _)| *seq)
-    } else {
-        None
-    };
+    let covered = last_of_full_page(&first);
+    let mut cursor = covered;
     while let Some(after) = cursor {
         let page = source.read(after, PAGE).await?;
         applied += tracker.apply(&page, sink);
-        cursor = match page.rows.last() {
-            Some((seq, _)) if page.rows.len() == PAGE as usize => Some(*seq),
-            _ => None,
-        };
+        cursor = last_of_full_page(&page);
     }
     let xmin = first.xmin;
-    tracker.advance(covered, |xmax| xmin >= xmax);
+    tracker.advance(covered.unwrap_or(i64::MAX), |xmax| xmin >= xmax);
     Ok(applied)
+}
+
+/// The last sequence value of a read that filled its page: more may follow it.
+fn last_of_full_page(batch: &Batch) -> Option<i64> {
+    let full = batch.rows.len() == PAGE as usize;
+    batch.rows.last().filter(|_| full).map(|(seq, _)| *seq)
 }
