@@ -22,7 +22,6 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Service, ServiceBuilder};
@@ -31,7 +30,7 @@ use tower_byok::{ByokLayer, Vault};
 
 #[path = "support/hit.rs"]
 mod hit;
-use hit::{cached_vault, ready_now};
+use hit::{cached_vault, naive_moka_layer, prebuilt_arc_floor, ready_now};
 
 fn request() -> Request<()> {
     const USER: HeaderName = HeaderName::from_static("x-user");
@@ -69,41 +68,8 @@ fn main() {
             let mut s = inner;
             run(&mut s, n);
         }
-        "prebuilt_arc_floor" => {
-            let prebuilt = Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]);
-            let mut s = ServiceBuilder::new()
-                .map_request(move |mut req: Request<()>| {
-                    req.extensions_mut().insert(prebuilt.clone());
-                    req
-                })
-                .service(inner);
-            run(&mut s, n);
-        }
-        "naive_moka_layer" => {
-            let moka: moka::sync::Cache<String, Arc<Vec<(&str, &str)>>> =
-                moka::sync::Cache::builder()
-                    .time_to_live(std::time::Duration::from_secs(30))
-                    .max_capacity(100_000)
-                    .build();
-            moka.insert(
-                "bench-user".to_owned(),
-                Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]),
-            );
-            let mut s = ServiceBuilder::new()
-                .map_request(move |mut req: Request<()>| {
-                    let user = req
-                        .headers()
-                        .get("x-user")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    if let Some(keys) = user.and_then(|u| moka.get(&u)) {
-                        req.extensions_mut().insert(keys);
-                    }
-                    req
-                })
-                .service(inner);
-            run(&mut s, n);
-        }
+        "prebuilt_arc_floor" => run(&mut prebuilt_arc_floor(inner), n),
+        "naive_moka_layer" => run(&mut naive_moka_layer(inner), n),
         "byok_miss" => {
             let (rt, vault) = cached_vault();
             for _ in 0..100 {

@@ -17,7 +17,6 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -27,7 +26,7 @@ use tower_byok::ByokLayer;
 
 #[path = "support/hit.rs"]
 mod hit;
-use hit::{cached_vault, ready_now};
+use hit::{cached_vault, naive_moka_layer, prebuilt_arc_floor, ready_now};
 
 /// A request with one pre-parsed header: the user's, or another one, so both variants
 /// cost the same to build.
@@ -55,38 +54,12 @@ fn hit_path(c: &mut Criterion) {
         b.iter(|| ready_now(bare.call(black_box(request(true)))))
     });
 
-    let prebuilt = Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]);
-    let mut floor = ServiceBuilder::new()
-        .map_request(move |mut req: Request<()>| {
-            req.extensions_mut().insert(prebuilt.clone());
-            req
-        })
-        .service(inner);
+    let mut floor = prebuilt_arc_floor(inner);
     group.bench_function("prebuilt_arc_floor", |b| {
         b.iter(|| ready_now(floor.call(black_box(request(true)))))
     });
 
-    let moka: moka::sync::Cache<String, Arc<Vec<(&str, &str)>>> = moka::sync::Cache::builder()
-        .time_to_live(std::time::Duration::from_secs(30))
-        .max_capacity(100_000)
-        .build();
-    moka.insert(
-        "bench-user".to_owned(),
-        Arc::new(vec![("openai", "sk"), ("gemini", "AIza"), ("exa", "exa")]),
-    );
-    let mut naive = ServiceBuilder::new()
-        .map_request(move |mut req: Request<()>| {
-            let user = req
-                .headers()
-                .get("x-user")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            if let Some(keys) = user.and_then(|u| moka.get(&u)) {
-                req.extensions_mut().insert(keys);
-            }
-            req
-        })
-        .service(inner);
+    let mut naive = naive_moka_layer(inner);
     group.bench_function("naive_moka_layer", |b| {
         b.iter(|| ready_now(naive.call(black_box(request(true)))))
     });
