@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +14,10 @@ use axum::middleware::{self, Next};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use common::http::Server;
 use common::{keyring, Backend, Opts, TestDb};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tower_byok::resolve::{FromExtension, FromHeader};
 use tower_byok::{ByokLayer, DevEnvFallback, ErrorKind, KeySource, Rejection, UserKeys, Vault};
 
@@ -67,39 +65,8 @@ fn app(layer: ByokLayer<FromHeader>) -> Router {
         .route("/unlayered", get(strict_handler))
 }
 
-struct Server {
-    addr: SocketAddr,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-}
-
+/// What the layer tests ask of the common server.
 impl Server {
-    async fn start(router: Router) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr, client }
-    }
-
-    async fn get(&self, path: &str, user: Option<&str>) -> (StatusCode, http::HeaderMap, String) {
-        let mut req = http::Request::get(format!("http://{}{path}", self.addr));
-        if let Some(user) = user {
-            req = req.header("x-user", user);
-        }
-        let res = self
-            .client
-            .request(req.body(Full::default()).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8(body.to_vec()).unwrap(),
-        )
-    }
-
     /// The secrets the handler saw for `user`, by provider.
     async fn keys(&self, user: &str) -> BTreeMap<String, String> {
         let (status, _, body) = self.get("/keys", Some(user)).await;

@@ -16,7 +16,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +24,9 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
+use common::http::Server;
 use common::{keyring, Backend, TestDb};
 use http::StatusCode;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use tower_byok::resolve::FromHeader;
@@ -69,36 +65,6 @@ fn app(vault: &Vault) -> Router {
         }))
 }
 
-struct Server {
-    addr: SocketAddr,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-}
-
-impl Server {
-    async fn start(router: Router) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Self { addr, client }
-    }
-
-    async fn get(&self, user: &str) -> (StatusCode, http::HeaderMap, String) {
-        let req = http::Request::get(format!("http://{}/keys", self.addr))
-            .header("x-user", user)
-            .body(Full::default())
-            .unwrap();
-        let res = self.client.request(req).await.unwrap();
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8(body.to_vec()).unwrap(),
-        )
-    }
-}
-
 fn user(i: usize) -> String {
     format!("user-{i}")
 }
@@ -124,7 +90,7 @@ async fn seeded(pool: PgPool) -> (Vault, Arc<Server>) {
     }
     let server = Arc::new(Server::start(app(&vault)).await);
     for i in 0..USERS {
-        let (status, _, body) = server.get(&user(i)).await;
+        let (status, _, body) = server.get("/keys", Some(&user(i))).await;
         assert_eq!((status, body), (StatusCode::OK, own_body(i)));
     }
     (vault, server)
@@ -155,7 +121,7 @@ async fn under_fault<F: Future<Output = ()>>(name: &str, server: &Arc<Server>, f
                     let i = n % USERS;
                     n += 1;
                     let started = Instant::now();
-                    let (status, headers, body) = server.get(&user(i)).await;
+                    let (status, headers, body) = server.get("/keys", Some(&user(i))).await;
                     let took = started.elapsed();
                     tally.requests += 1;
                     // Every answer, 200 or 503, is bounded by the load deadline: a load
@@ -210,7 +176,7 @@ async fn under_fault<F: Future<Output = ()>>(name: &str, server: &Arc<Server>, f
     let deadline = Instant::now() + Duration::from_secs(20);
     for i in 0..USERS {
         loop {
-            let (status, _, body) = server.get(&user(i)).await;
+            let (status, _, body) = server.get("/keys", Some(&user(i))).await;
             if status == StatusCode::OK {
                 assert_eq!(body, own_body(i), "user-{i} was served another key");
                 break;

@@ -14,6 +14,8 @@ use std::time::Duration;
 use tower_byok::store::{AuditStore, ExpiryStore, KeyStore, RotationStore, StoredKey};
 use tower_byok::{AuditAction, AuditRecord, Keyring, MasterKey, Result, SqliteStore, Vault};
 
+#[cfg(feature = "axum")]
+pub mod http;
 #[cfg(feature = "postgres")]
 pub mod proxy;
 

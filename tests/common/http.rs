@@ -1,0 +1,48 @@
+//! An axum app served on loopback and a hyper client for it, for the end-to-end tests.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Server {
+    pub async fn start(router: axum::Router) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self { addr, client }
+    }
+
+    /// `GET path`, as `user` (the `x-user` header) if given: status, headers and body.
+    pub async fn get(
+        &self,
+        path: &str,
+        user: Option<&str>,
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let mut req = http::Request::get(format!("http://{}{path}", self.addr));
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        let res = self
+            .client
+            .request(req.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+}
