@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 
 /// One read of the change table: the changes after a sequence value, in order, and the
 /// snapshot they were read in.
-#[derive(Debug, Default)]
+///
+/// No `Debug`: its rows hold raw user ids, which no log line may show.
+#[derive(Default)]
 pub(crate) struct Batch {
     /// `(seq, user_id)`; `None` stands for every user.
     pub(crate) rows: Vec<(i64, Option<String>)>,
