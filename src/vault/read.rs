@@ -69,7 +69,10 @@ impl Vault {
     }
 
     /// Drops this process's cached keys of a user, so the next request loads them from
-    /// the database: for changes made outside this vault (another tool, raw SQL).
+    /// the database. Changes made elsewhere (another instance, the CLI, raw SQL) reach
+    /// the cache through the change feed on their own; this is for when the feed is off
+    /// ([`VaultBuilder::watch_changes`](crate::VaultBuilder::watch_changes)) or the store
+    /// has none.
     pub fn forget_cached(&self, user_id: &str) {
         self.inner.cache.invalidate(user_id);
     }
