@@ -218,8 +218,12 @@ proptest! {
                 prop_assert!(expected, "accepted {provider:?} with a {}-byte secret", secret.len());
                 prop_assert_eq!(key.provider(), provider.trim().to_ascii_lowercase());
                 prop_assert_eq!(key.expose_secret(), secret.as_str());
-                let debug = format!("{key:?}");
-                prop_assert!(!debug.contains(&secret));
+                // As for errors below: a secret of a few characters (`"n"`) is found in
+                // any text, so only one long enough to be told apart is looked for.
+                if secret.len() >= 8 {
+                    let debug = format!("{key:?}");
+                    prop_assert!(!debug.contains(&secret));
+                }
             }
             Err(e) => {
                 prop_assert!(!expected, "refused {provider:?} with a {}-byte secret: {e}", secret.len());
