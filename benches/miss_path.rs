@@ -12,7 +12,7 @@
 // `criterion_group!` expands to an undocumented `pub fn`.
 #![allow(missing_docs)]
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use hkdf::Hkdf;
@@ -46,11 +46,11 @@ fn raw_open(rows: &[(String, String, Vec<u8>)]) -> usize {
         let (body, tag) = blob[25..].split_at(blob.len() - 25 - 16);
         let mut plain = body.to_vec();
         cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&blob[1..25]),
+            .decrypt_inout_detached(
+                <&XNonce>::try_from(&blob[1..25]).expect("nonce"),
                 &aad,
-                &mut plain,
-                Tag::from_slice(tag),
+                plain.as_mut_slice().into(),
+                <&Tag>::try_from(tag).expect("tag"),
             )
             .expect("open");
         opened += usize::from(!plain.is_empty());

@@ -3,7 +3,7 @@
 //!
 //! `docs/FORMAT.md` describes every byte here; keep the two in step.
 
-use chacha20poly1305::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
+use chacha20poly1305::aead::{AeadInOut, Generate, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
@@ -54,7 +54,7 @@ impl<'k> UserCipher<'k> {
         let key = hkdf_32(master.bytes(), &[b"user-key", user_id.as_bytes()]);
         Self {
             master,
-            aead: XChaCha20Poly1305::new(Key::from_slice(key.as_slice())),
+            aead: XChaCha20Poly1305::new(<&Key>::from(&*key)),
         }
     }
 
@@ -64,7 +64,8 @@ impl<'k> UserCipher<'k> {
 
     /// Seals `plaintext` under a fresh random nonce: `version || nonce || ciphertext || tag`.
     pub(crate) fn seal(&self, user_id: &str, provider: &str, plaintext: &[u8]) -> Vec<u8> {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        // From the OS CSPRNG (`getrandom`); 24 random bytes never repeat in practice.
+        let nonce = XNonce::generate();
         let mut blob = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
         blob.push(FORMAT_VERSION);
         blob.extend_from_slice(&nonce);
@@ -72,7 +73,7 @@ impl<'k> UserCipher<'k> {
         let aad = associated_data(self.key_id(), user_id, provider);
         let tag = self
             .aead
-            .encrypt_in_place_detached(&nonce, &aad, &mut blob[HEADER_LEN..])
+            .encrypt_inout_detached(&nonce, &aad, (&mut blob[HEADER_LEN..]).into())
             .expect("plaintexts are bounded far below the XChaCha20 limit");
         blob.extend_from_slice(&tag);
         blob
@@ -91,12 +92,13 @@ impl<'k> UserCipher<'k> {
         if blob.len() < HEADER_LEN + TAG_LEN || blob[0] != FORMAT_VERSION {
             return Err(decrypt());
         }
-        let nonce = XNonce::from_slice(&blob[1..HEADER_LEN]);
+        let nonce = <&XNonce>::try_from(&blob[1..HEADER_LEN]).map_err(|_| decrypt())?;
         let (body, tag) = blob[HEADER_LEN..].split_at(blob.len() - HEADER_LEN - TAG_LEN);
+        let tag = <&Tag>::try_from(tag).map_err(|_| decrypt())?;
         let mut plaintext = Zeroizing::new(body.to_vec());
         let aad = associated_data(self.key_id(), user_id, provider);
         self.aead
-            .decrypt_in_place_detached(nonce, &aad, &mut plaintext, Tag::from_slice(tag))
+            .decrypt_inout_detached(nonce, &aad, plaintext.as_mut_slice().into(), tag)
             .map_err(|_| decrypt())?;
         Ok(plaintext)
     }
@@ -145,10 +147,8 @@ pub(crate) const CHECK_RECORD_SCOPE: (&str, &str) = ("", "");
 
 impl VaultSecret {
     pub(crate) fn generate() -> Zeroizing<[u8; MASTER_KEY_LEN]> {
-        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
-        let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
-        bytes.copy_from_slice(&key);
-        bytes
+        // From the OS CSPRNG (`getrandom`).
+        Zeroizing::new(<[u8; MASTER_KEY_LEN]>::generate())
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -174,7 +174,8 @@ impl VaultSecret {
 }
 
 fn hmac(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(msg);
     mac.finalize().into_bytes().into()
 }

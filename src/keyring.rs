@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
-use chacha20poly1305::aead::{KeyInit, OsRng};
-use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::Generate;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -45,9 +44,8 @@ impl MasterKey {
     /// # Ok::<(), tower_byok::Error>(())
     /// ```
     pub fn generate(id: &str) -> Result<Self> {
-        let key = XChaCha20Poly1305::generate_key(&mut OsRng);
-        let mut bytes = Zeroizing::new([0u8; MASTER_KEY_LEN]);
-        bytes.copy_from_slice(&key);
+        // From the OS CSPRNG (`getrandom`).
+        let bytes = Zeroizing::new(<[u8; MASTER_KEY_LEN]>::generate());
         Self::from_bytes(id, *bytes)
     }
 

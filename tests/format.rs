@@ -85,7 +85,7 @@ fn open_blob(
     if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != VERSION {
         return None;
     }
-    let nonce = XNonce::from_slice(&sealed[1..1 + NONCE_LEN]);
+    let nonce = <&XNonce>::try_from(&sealed[1..1 + NONCE_LEN]).ok()?;
     // The AEAD input is ciphertext || tag, i.e. everything after the nonce.
     let ciphertext_and_tag = &sealed[1 + NONCE_LEN..];
     let key = user_key(master, user_id);
@@ -119,7 +119,7 @@ fn open_vault_secret(master: &[u8; 32], key_id: &str, sealed: &[u8]) -> [u8; 32]
 }
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("any key length");
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
     mac.update(msg);
     mac.finalize().into_bytes().to_vec()
 }
@@ -740,7 +740,7 @@ fn seal_bytes(
     let aad = associated_data(key_id, user_id, provider);
     let ct = cipher
         .encrypt(
-            XNonce::from_slice(&nonce),
+            &XNonce::from(nonce),
             Payload {
                 msg: plaintext,
                 aad: &aad,

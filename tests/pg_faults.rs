@@ -226,10 +226,12 @@ async fn connections_refused_and_dropped_mid_load() {
     let (_vault, server) = seeded(pool).await;
     let mut admin = admin().await;
     under_fault("refused and dropped connections", &server, async {
-        sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -240,10 +242,12 @@ async fn connections_refused_and_dropped_mid_load() {
         .unwrap();
         assert!(!killed.is_empty(), "the vault had no connection to drop");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     })
     .await;
 }

@@ -364,7 +364,9 @@ impl AuditStore for Store {
         if query.limit.is_some() {
             sql.push_str(&format!(" LIMIT {}", placeholder()));
         }
-        let mut q = sqlx::query_as::<_, (i64, String, String, String, String)>(&sql);
+        // Built above from fixed fragments and `$n` placeholders only; every value is bound.
+        let mut q =
+            sqlx::query_as::<_, (i64, String, String, String, String)>(sqlx::AssertSqlSafe(sql));
         if let Some(user_ref) = &query.user_ref {
             q = q.bind(user_ref);
         }
@@ -446,9 +448,9 @@ fn stored_key(row: KeyRow) -> StoredKey {
 /// Binds a row's values as `$1`..`$8`: user, provider, key id, sealed blob, hint,
 /// fingerprint, time written, expiry.
 fn bind_row<'q>(
-    query: Query<'q, Db, <Db as Database>::Arguments<'q>>,
+    query: Query<'q, Db, <Db as Database>::Arguments>,
     row: &'q StoredKey,
-) -> Query<'q, Db, <Db as Database>::Arguments<'q>> {
+) -> Query<'q, Db, <Db as Database>::Arguments> {
     query
         .bind(&row.user_id)
         .bind(&row.provider)

@@ -172,6 +172,8 @@ impl TestDb {
 
     /// Runs SQL with no parameters; returns rows affected.
     pub async fn exec(&self, sql: &str) -> u64 {
+        // Test-written SQL, never user input.
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
         match self.backend {
             Backend::Sqlite => {
                 let pool = self.sqlite_pool().await;
@@ -390,10 +392,10 @@ async fn fresh_pg_database() -> sqlx::postgres::PgConnectOptions {
         .expect("connect to the PostgreSQL test server");
     // A linguistic collation, as production databases usually have: it orders text
     // differently from bytes ("a-z" after "ab"), which the crate must not depend on.
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
          LOCALE_PROVIDER icu ICU_LOCALE 'en-US'"
-    ))
+    )))
     .execute(&admin)
     .await
     .expect("create a test database with an ICU en-US collation");
