@@ -152,7 +152,11 @@ async fn a_key_failing_a_check_or_the_cap_stops_the_call_before_any_write(backen
             )
         })
         .await;
-    let before = || async { stored(&vault, "alice").await };
+    // The keys and the audit trail: a write taken back would still leave its records.
+    let before = || async {
+        let trail = vault.audit_trail("alice").await.unwrap().len();
+        (stored(&vault, "alice").await, trail)
+    };
     vault
         .put("alice", "gemini", "AIza-kept-0123456789")
         .await
@@ -202,6 +206,7 @@ async fn a_key_failing_a_check_or_the_cap_stops_the_call_before_any_write(backen
     let err = vault.put_env_keys("alice", &keys, None).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TooManyProviders);
     assert_eq!(stored(&vault, "alice").await.len(), 1);
+    assert_eq!(vault.audit_trail("alice").await.unwrap().len(), 1);
     // Replacing a key the user has takes no room.
     let keys = parse(&format!(
         "GEMINI_API_KEY=AIza-new-0123456789\nOPENAI_API_KEY={OPENAI}\n"
@@ -246,6 +251,10 @@ async fn a_database_failure_midway_takes_back_the_keys_written() {
         "{message}"
     );
     assert_eq!(stored(&vault, "alice").await, start);
+    let trail = vault.audit_trail("alice").await.unwrap();
+    assert!(trail
+        .iter()
+        .any(|r| r.provider == "groq" && r.action == AuditAction::Delete));
     let reopened = db.open(keyring()).await.unwrap();
     assert_eq!(stored(&reopened, "alice").await, start);
 }
