@@ -1,4 +1,15 @@
 //! The `.env` line grammar of [the module docs](super), one line at a time.
+//!
+//! Hand-written rather than dotenvy, whose grammar is close (`export`, both quotes,
+//! comments, multi-line quoted values) but which, for secrets, does three things we must
+//! not: it expands `$VAR` and `${VAR}` in unquoted and double-quoted values, from the
+//! process environment first and else the file, and an unknown name becomes the empty
+//! string, so a key containing `$` is silently changed; its parse error
+//! (`Error::LineParse`) carries the whole line, i.e. the secret, into its `Display`; and
+//! its values are plain `String`s, not zeroized. Escapes differ too: dotenvy refuses a
+//! backslash before a character outside its short list and reads backslashes in
+//! unquoted values as escapes, where python-dotenv (the usual writer for a Python app
+//! like the old one) keeps them. `tests/env_file.rs` checks each rule of ours.
 
 use zeroize::Zeroizing;
 

@@ -34,10 +34,9 @@
 //!
 //! # Grammar
 //!
-//! The common subset of the `.env` dialects (python-dotenv, which wrote the files this
-//! crate replaces, dotenvy, docker compose), read strictly: a line it cannot read with
-//! certainty is an error naming the line, never a guess. `tests/env_file.rs` checks each
-//! rule below.
+//! The `.env` format as python-dotenv, dotenvy and docker compose share it, without
+//! their variable expansion, read strictly: a line it cannot read with certainty is an
+//! error naming the line, never a guess. `tests/env_file.rs` checks each rule below.
 //!
 //! - **Lines** end at `\n`; a `\r` before it and a byte order mark at the start of the
 //!   text are ignored.
