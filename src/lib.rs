@@ -147,7 +147,8 @@
 //! `src/vault/rotation.rs` (master-key rotation), `src/store/capability.rs` (what a store
 //! may add to the core: rotation, expiry, audit reading), `src/store/migrate.rs` (the
 //! embedded migrations), `src/keyring.rs` (master keys),
-//! `src/check.rs` (checks before save), `src/import/` (legacy files, feature `import`) and
+//! `src/check.rs` (checks before save), `src/env_file/` (keys from a `.env` text, e.g. an
+//! upload), `src/import/` (legacy files, feature `import`) and
 //! `src/bin/tower-byok/` (the admin CLI). `tests/architecture.rs` keeps the modules free
 //! of import cycles, every source file under 700 lines and SQL out of macros.
 //!
@@ -168,6 +169,7 @@ mod audit;
 mod cache;
 pub mod check;
 mod crypto;
+pub mod env_file;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;

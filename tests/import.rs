@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{keyring, Backend, TestDb};
+use tower_byok::env_file::EnvMapping;
 use tower_byok::import::{
-    self, ApplyOptions, EnvMapping, ImportPlan, KeyStatus, LegacyFormat, Outcome, SkipReason,
+    self, ApplyOptions, ImportPlan, KeyStatus, LegacyFormat, Outcome, SkipReason,
 };
 use tower_byok::{AuditAction, Error, ErrorKind, Vault};
 

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use super::json::JsonPath;
 use super::{import_error, SkipReason, Skipped};
+use crate::env_file::looks_like_fernet;
 use crate::error::Result;
 use crate::validate::MAX_SECRET_LEN;
 
@@ -112,16 +113,6 @@ impl Collector {
     }
 }
 
-/// A Fernet token (what the old Python app encrypted keys with): URL-safe base64 of a
-/// 0x80 version byte and a timestamp, so it starts `gAAAAA`; at least 57 bytes, i.e.
-/// 100 characters.
-pub(super) fn looks_like_fernet(s: &str) -> bool {
-    s.len() >= 100
-        && s.starts_with("gAAAAA")
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'='))
-}
-
 pub(super) fn utf8(bytes: &[u8]) -> Result<&str> {
     std::str::from_utf8(bytes).map_err(|e| {
         let line = 1 + bytes[..e.valid_up_to()]
@@ -130,18 +121,4 @@ pub(super) fn utf8(bytes: &[u8]) -> Result<&str> {
             .count();
         import_error(format!("line {line}: not valid UTF-8"))
     })
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fernet_tokens_are_recognized() {
-        let token = format!("gAAAAAB{}", "x".repeat(120));
-        assert!(looks_like_fernet(&token));
-        assert!(!looks_like_fernet("gAAAAAshort"));
-        assert!(!looks_like_fernet(&format!("sk-{}", "x".repeat(120))));
-    }
 }

@@ -79,8 +79,8 @@ mod json;
 mod onboarding;
 mod users_json;
 
+use crate::env_file::EnvMapping;
 pub use apply::{apply, ApplyOptions, ImportReport, Outcome, ReportEntry};
-pub use env::EnvMapping;
 
 use collect::{utf8, Collector};
 use env::parse_dotenv;

@@ -1,9 +1,9 @@
 //! Users JSON files: per-user key maps, keyed by user id or listed.
 
 use super::collect::{Collector, Origin};
-use super::env::strip_api_key_suffix;
 use super::json::{expected, member, ordinal, string_member, JsonPath, Node, Seg};
 use super::{import_error, SkipReason};
+use crate::env_file::strip_api_key_suffix;
 use crate::error::Result;
 use crate::validate;
 

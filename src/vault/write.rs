@@ -48,6 +48,119 @@ impl Vault {
             .await
     }
 
+    /// Stores the keys of a `.env` text for one user, each replacing the user's earlier
+    /// key for its provider, all expiring at `expires_at` when given (e.g. the end of the
+    /// session the text was uploaded in). Returns how many keys were stored. See
+    /// [`env_file`](crate::env_file) for an example.
+    ///
+    /// Every key is checked first, the vault's [format and live checks](crate::check)
+    /// included, and so is the cap on providers per user: a key that fails stops the call
+    /// before anything is written. Then the keys are written one by one (each with its
+    /// audit record, in a task of its own that runs to its end even if the caller goes
+    /// away, as [`put`](Self::put)).
+    ///
+    /// The store writes one key per transaction, so a database failure midway leaves
+    /// the earlier keys written. The vault then takes them back: each is restored to the
+    /// user's key before the call (or deleted, if there was none), unless another write
+    /// replaced it meanwhile, and audited as such. If that fails too (the database is
+    /// gone), the error says how many keys stay written; calling again with the same
+    /// keys completes the upload.
+    ///
+    /// # Errors
+    ///
+    /// Before anything is written: [`ErrorKind::InvalidUserId`];
+    /// [`ErrorKind::InvalidSecret`] or [`ErrorKind::KeyRejected`] when a key fails a
+    /// check (the message names its line and variable); [`ErrorKind::TooManyProviders`]
+    /// when the keys would take the user past the cap. [`ErrorKind::Store`] (or
+    /// `TooManyProviders`, when a concurrent write took the room) when writing fails, as
+    /// above.
+    pub async fn put_env_keys(
+        &self,
+        user_id: &str,
+        keys: &crate::env_file::EnvKeys,
+        expires_at: Option<SystemTime>,
+    ) -> Result<usize> {
+        let user_id = validate::user_id(user_id)?;
+        for found in keys.found() {
+            let (provider, secret) = (found.key.provider(), found.key.expose_secret());
+            validate::secret(secret)?;
+            if let Some(check) = self.inner.checks.get(provider) {
+                check.check_format(secret).map_err(|reason| {
+                    Error::new(ErrorKind::InvalidSecret)
+                        .with_detail(format!("{}: {provider}: {reason}", found.origin))
+                })?;
+            }
+        }
+        for found in keys.found() {
+            let (provider, secret) = (found.key.provider(), found.key.expose_secret());
+            if let Some(check) = self.inner.checks.get(provider) {
+                check.check_live(secret).await.map_err(|reason| {
+                    Error::new(ErrorKind::KeyRejected)
+                        .with_detail(format!("{}: {provider}: {reason}", found.origin))
+                })?;
+            }
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let cipher = UserCipher::new(self.inner.keyring.active(), user_id);
+        let now = unix_ms(SystemTime::now());
+        let rows: Vec<StoredKey> = keys
+            .iter()
+            .map(|key| {
+                let (provider, secret) = (key.provider(), key.expose_secret());
+                StoredKey {
+                    user_id: user_id.to_owned(),
+                    provider: provider.to_owned(),
+                    key_id: cipher.key_id().to_owned(),
+                    sealed: cipher.seal(user_id, provider, secret.as_bytes()),
+                    hint: validate::mask(secret),
+                    fingerprint: self.inner.secret.fingerprint(secret),
+                    created_at: now,
+                    updated_at: now,
+                    expires_at: expires_at.map(unix_ms),
+                }
+            })
+            .collect();
+        let audit = self.audit(user_id, now);
+        let user_ref = audit.user_ref.clone();
+        let user = user_id.to_owned();
+        let stored = self
+            .detached_write(Some(user_id), move |inner| async move {
+                let max = inner.max_providers;
+                let before = inner.store.fetch_user(&user).await?;
+                let new = rows
+                    .iter()
+                    .filter(|r| !before.iter().any(|b| b.provider == r.provider))
+                    .count();
+                if new > 0 && before.len() + new > max as usize {
+                    return Err(Error::new(ErrorKind::TooManyProviders)
+                        .with_detail(format!("at most {max} providers per user")));
+                }
+                for (written, row) in rows.iter().enumerate() {
+                    if let Err(e) = inner.store.upsert(row, &audit, max).await {
+                        let undone = take_back(&inner, &before, &rows[..written], &audit).await;
+                        let outcome = match undone {
+                            Ok(()) => "taken back",
+                            Err(_) => "left written; store the keys again",
+                        };
+                        return Err(Error::new(e.kind())
+                            .with_detail(format!(
+                                "writing key {} of {} failed ({e}); the {written} written \
+                                 before it were {outcome}",
+                                written + 1,
+                                rows.len()
+                            ))
+                            .with_source(e));
+                    }
+                }
+                Ok(rows.len())
+            })
+            .await?;
+        tracing::debug!(user_ref = %user_ref, stored, "stored the keys of a .env text");
+        Ok(stored)
+    }
+
     async fn write(
         &self,
         user_id: &str,
@@ -250,4 +363,40 @@ impl Vault {
         tracing::info!(purged, "purged expired keys");
         Ok(purged)
     }
+}
+
+/// Takes back the keys [`Vault::put_env_keys`] wrote before a failure, newest first:
+/// each goes back to its row in `before`, or is deleted if it had none, unless another
+/// write replaced it since (its sealed bytes differ: every seal has a fresh nonce).
+async fn take_back(
+    inner: &Inner,
+    before: &[StoredKey],
+    written: &[StoredKey],
+    audit: &AuditRecord,
+) -> Result<()> {
+    let mut result = Ok(());
+    for row in written.iter().rev() {
+        let undone = async {
+            let current = inner.store.fetch_key(&row.user_id, &row.provider).await?;
+            if current.is_none_or(|c| c.sealed != row.sealed) {
+                return Ok(());
+            }
+            match before.iter().find(|b| b.provider == row.provider) {
+                Some(old) => inner
+                    .store
+                    .upsert(old, audit, inner.max_providers)
+                    .await
+                    .map(drop),
+                None => inner
+                    .store
+                    .delete(&row.user_id, Some(&row.provider), audit)
+                    .await
+                    .map(drop),
+            }
+        };
+        if let Err(e) = undone.await {
+            result = Err(e);
+        }
+    }
+    result
 }

@@ -1,4 +1,11 @@
 //! Plain aligned text tables.
+//!
+//! Kept by hand rather than comfy-table or tabled: the tool prints left-aligned columns
+//! two spaces apart, no borders, and its cells are ASCII by construction (provider names,
+//! key ids, actors, hex fingerprints and user refs are validated to ASCII; times are RFC
+//! 3339) but for masked hints, where counting chars is right for all but double-width
+//! characters. 25 lines do that; either crate would bring unicode-width tables, styling
+//! and (comfy-table's default) a terminal library for output no test could tell apart.
 
 /// Prints a header and rows as left-aligned columns, two spaces apart.
 pub(crate) fn print(header: &[&str], rows: &[Vec<String>]) {
