@@ -171,6 +171,8 @@ mod crypto;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+// The change feed follows the triggers of the built-in stores: without one it never starts.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 mod feed;
 #[cfg(feature = "import")]
 #[cfg_attr(docsrs, doc(cfg(feature = "import")))]
