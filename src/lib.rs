@@ -9,7 +9,7 @@
 //! 2. loads that user's keys from the [`Vault`] through a short-TTL per-user cache
 //!    (concurrent misses share one load; writes through the vault invalidate at once);
 //! 3. decrypts them (envelope encryption: a master [`Keyring`], HKDF-SHA256 per-user
-//!    keys, XChaCha20-Poly1305 bound to user and provider; see `docs/FORMAT.md`);
+//!    keys, XChaCha20-Poly1305 bound to user and provider; see [`docs/FORMAT.md`]);
 //! 4. puts them into the request extensions as [`UserKeys`].
 //!
 //! # With axum
@@ -83,7 +83,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Serve it with `hyper_util::service::TowerToHyperService`; `examples/hyper.rs` is a
+//! Serve it with `hyper_util::service::TowerToHyperService`; [`examples/hyper.rs`] is a
 //! complete server.
 //!
 //! # What a request gets
@@ -159,6 +159,23 @@
 //! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
 //! - `import`: the `import` module, to move keys out of the `.env` and JSON files
 //!   apps kept them in before.
+//!
+//! [`docs/FORMAT.md`]: https://github.com/tower-byok/tower-byok/blob/main/docs/FORMAT.md
+//! [`examples/hyper.rs`]: https://github.com/tower-byok/tower-byok/blob/main/examples/hyper.rs
+// Items behind a feature that is off link to docs.rs, which documents every feature,
+// so that `cargo doc` has no broken link whatever the features.
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "[`SqliteStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.SqliteStore.html"
+)]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "[`PostgresStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.PostgresStore.html"
+)]
+#![cfg_attr(
+    not(feature = "axum"),
+    doc = "[`KeysRejection`]: https://docs.rs/tower-byok/latest/tower_byok/enum.KeysRejection.html"
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doctest)]
@@ -173,6 +190,8 @@ pub mod env_file;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+// The change feed follows the triggers of the built-in stores: without one it never starts.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 mod feed;
 #[cfg(feature = "import")]
 #[cfg_attr(docsrs, doc(cfg(feature = "import")))]

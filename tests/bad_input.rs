@@ -1,7 +1,7 @@
 //! The bad-input catalogue: each bad value of each kind, given to the public API of a
 //! vault on a real SQLite file and to the layer over real HTTP, gets a typed error (or,
 //! for a request, no user), never echoes the secret, and stores nothing.
-#![cfg(feature = "sqlite")]
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 use axum::routing::get;

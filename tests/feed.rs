@@ -3,6 +3,7 @@
 //! on both backends, with a cache TTL of an hour so that only the change feed can do it.
 //!
 //! The bounds asserted are generous (5 s); the measured figures are in BENCHMARKS.md.
+#![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

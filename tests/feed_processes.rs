@@ -2,7 +2,7 @@
 //! two copies of a small server (this test binary, started again in server mode) on one
 //! database; keys are replaced and deleted through one, and the other stops serving the
 //! old key. Caches have a TTL of an hour, so only the change feed can do it.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,5 +1,6 @@
 //! The layer end to end: a real axum server on loopback, a real HTTP client, real
 //! databases. Every test runs on SQLite and on PostgreSQL.
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,5 +1,6 @@
 //! Key lifecycle on real databases: master-key rotation, rewrap, verify, retire,
 //! expiring keys, and the audit trail. Every test runs on SQLite and on PostgreSQL.
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

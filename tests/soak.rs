@@ -20,7 +20,7 @@
 //!
 //! Size: `BYOK_SOAK_REQUESTS` (default 4,000 per backend) over `BYOK_SOAK_USERS`
 //! (default 400). The recorded full run (RELIABILITY.md) used 1,000,000 over 10,000.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,7 +1,7 @@
 //! Stale-if-error: while the database is unreachable, a vault may serve a user's
 //! already-cached keys past the TTL, up to a configured bound, marked stale; never keys
 //! it was told to forget, never past the bound, and never to a user it had not cached.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

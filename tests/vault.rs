@@ -1,5 +1,6 @@
 //! The vault on real databases: isolation, persistence, concurrency, tampering, wrong
 //! keys, leaks and migrations. Every test runs on SQLite and on PostgreSQL.
+#![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

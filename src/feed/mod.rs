@@ -55,7 +55,7 @@ pub(crate) enum Wake {
     Timer,
     /// A notification came, or the listening connection came back: read now.
     #[cfg_attr(
-        not(feature = "postgres"),
+        all(feature = "sqlite", not(feature = "postgres")),
         expect(dead_code, reason = "only PostgreSQL listens")
     )]
     Notified,

@@ -16,8 +16,14 @@ use crate::error::ErrorKind;
 /// them. [`ByokLayer::with_rejection_response`](crate::ByokLayer::with_rejection_response)
 /// replaces the default bodies, e.g. with an application's own error JSON.
 ///
-/// Not to be confused with [`KeysRejection`](crate::KeysRejection), the axum
+/// Not to be confused with [`KeysRejection`], the axum
 /// extractor's rejection on routes where the layer let a request through without keys.
+///
+#[cfg_attr(feature = "axum", doc = "[`KeysRejection`]: crate::KeysRejection")]
+#[cfg_attr(
+    not(feature = "axum"),
+    doc = "[`KeysRejection`]: https://docs.rs/tower-byok/latest/tower_byok/enum.KeysRejection.html"
+)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Rejection {

@@ -13,13 +13,23 @@ use crate::error::Result;
 /// basic operations need. Optional capabilities are announced by [`rotation`](Self::rotation),
 /// [`expiry`](Self::expiry) and [`audit`](Self::audit); see [the module docs](crate::store).
 ///
-/// Implemented by [`SqliteStore`](crate::SqliteStore) and
-/// [`PostgresStore`](crate::PostgresStore). Methods may run concurrently, from several
-/// instances sharing the data. Every write method is atomic and writes its audit records
+/// Implemented by [`SqliteStore`] and [`PostgresStore`]. Methods may run concurrently,
+/// from several instances sharing the data. Every write method is atomic and writes its audit records
 /// in the same transaction as the change, so a change without its record cannot happen;
 /// it returns once the change is durable, or with an error after which nothing of it
 /// is visible. User ids, provider names and key ids match exactly, byte for byte;
 /// orders may follow the store's own collation (the vault sorts what it relies on).
+///
+#[cfg_attr(feature = "sqlite", doc = "[`SqliteStore`]: crate::SqliteStore")]
+#[cfg_attr(
+    not(feature = "sqlite"),
+    doc = "[`SqliteStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.SqliteStore.html"
+)]
+#[cfg_attr(feature = "postgres", doc = "[`PostgresStore`]: crate::PostgresStore")]
+#[cfg_attr(
+    not(feature = "postgres"),
+    doc = "[`PostgresStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.PostgresStore.html"
+)]
 pub trait KeyStore: Send + Sync + 'static {
     /// Creates or upgrades the schema, run once when a vault opens. Idempotent; safe to
     /// run from several processes at once. A store without a schema returns `Ok(())`.

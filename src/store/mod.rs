@@ -16,8 +16,7 @@
 //!   without one answers the operations that need it with
 //!   [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported); nothing else changes.
 //!
-//! The built-in [`SqliteStore`](crate::SqliteStore) and
-//! [`PostgresStore`](crate::PostgresStore) implement all of them.
+//! The built-in [`SqliteStore`] and [`PostgresStore`] implement all of them.
 //!
 //! # Writing a store
 //!
@@ -54,6 +53,18 @@
 //! that wraps another. A new capability (such as a change feed) is one trait with its
 //! erasure, a defaulted accessor on [`KeyStore`] with its erasure, and its functions in
 //! `queries.rs`.
+//!
+// A backend whose feature is off links to docs.rs, which documents every feature.
+#![cfg_attr(feature = "sqlite", doc = "[`SqliteStore`]: crate::SqliteStore")]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "[`SqliteStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.SqliteStore.html"
+)]
+#![cfg_attr(feature = "postgres", doc = "[`PostgresStore`]: crate::PostgresStore")]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "[`PostgresStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.PostgresStore.html"
+)]
 
 use std::fmt;
 use std::future::Future;
@@ -87,7 +98,8 @@ pub struct StoredKey {
     pub provider: String,
     /// The id of the master key the blob is sealed under.
     pub key_id: String,
-    /// `version || nonce || ciphertext || tag`, see `docs/FORMAT.md`.
+    /// `version || nonce || ciphertext || tag`, see
+    /// [`docs/FORMAT.md`](https://github.com/tower-byok/tower-byok/blob/main/docs/FORMAT.md).
     pub sealed: Vec<u8>,
     /// The masked display form, computed when the key was written.
     pub hint: String,

@@ -201,6 +201,10 @@ impl<S: KeyStore> VaultBuilder<S> {
 async fn start_feed<S: KeyStore>(
     store: &S,
     cache: &Arc<KeyCache>,
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "postgres")),
+        expect(unused_variables, reason = "only a built-in store has a feed")
+    )]
     config: FeedConfig,
 ) -> Result<Feed> {
     let store: &dyn std::any::Any = store;
