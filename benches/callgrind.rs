@@ -62,7 +62,9 @@ fn main() {
     let n: u64 = args
         .get(1)
         .map_or(100_000, |n| n.parse().expect("a number of requests"));
-    let inner = service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    let inner = service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(bytes::Bytes::new()))
+    });
     match variant.as_str() {
         "bare" => {
             let mut s = inner;

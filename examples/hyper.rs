@@ -82,7 +82,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     loop {
         let (stream, _) = listener.accept().await?;
-        // The layer's response body is `ByokBody<Full<Bytes>>`, an `http_body::Body`.
+        // The layer answers in the handler's body type, `Full<Bytes>`, its own
+        // responses included.
         let service = TowerToHyperService::new(service.clone());
         tokio::spawn(async move {
             let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);

@@ -58,7 +58,9 @@
 //!
 //! ```
 //! use std::convert::Infallible;
+//! use bytes::Bytes;
 //! use http::{Request, Response};
+//! use http_body_util::Full;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
 //! use tower_byok::{resolve::FromHeader, ByokLayer, Keyring, MasterKey, SqliteStore, UserKeys, Vault};
 //!
@@ -73,7 +75,7 @@
 //!     .service(service_fn(|req: Request<String>| async move {
 //!         let keys = req.extensions().get::<UserKeys>().cloned().unwrap_or_default();
 //!         let providers: Vec<&str> = keys.providers().collect();
-//!         Ok::<_, Infallible>(Response::new(providers.join(",")))
+//!         Ok::<_, Infallible>(Response::new(Full::<Bytes>::from(providers.join(","))))
 //!     }));
 //!
 //! let req = Request::get("/").header("x-authenticated-user", "bob").body(String::new())?;
@@ -82,6 +84,10 @@
 //! # assert_eq!(&res.into_body().collect().await?.to_bytes()[..], b"gemini");
 //! # Ok(()) }
 //! ```
+//!
+//! The layer answers in the inner service's body type, making its own responses (401,
+//! 428, 500, 503) with `From<Bytes>`: `Full<Bytes>` and axum's `Body` have it. Wrap
+//! other body types (`String`, boxed bodies) in [`ByokBody`].
 //!
 //! Serve it with `hyper_util::service::TowerToHyperService`; [`examples/hyper.rs`] is a
 //! complete server.

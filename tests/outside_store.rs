@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 use tower_byok::resolve::FromHeader;
 use tower_byok::store::{AuditQuery, AuditStore, KeyStore, StoredKey};
@@ -311,7 +312,9 @@ async fn a_layer_request_is_served_from_it_and_its_outage_answers_503() {
         .service(service_fn(|req: Request<String>| async move {
             let keys = req.extensions().get::<UserKeys>().cloned().unwrap();
             let secret = keys.get("gemini").map(|k| k.expose_secret().to_owned());
-            Ok::<_, Infallible>(Response::new(secret.unwrap_or_default()))
+            Ok::<_, Infallible>(Response::new(Full::<Bytes>::from(
+                secret.unwrap_or_default(),
+            )))
         }));
     let request = |user: &str| {
         Request::get("/")

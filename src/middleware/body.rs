@@ -1,4 +1,4 @@
-//! The response body of the layer: the inner service's, or one of the layer's own.
+//! [`ByokBody`]: for inner services whose body type cannot hold the layer's own responses.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -8,8 +8,36 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The body of a response from [`Byok`](super::Byok): the inner service's body, or
-    /// the short body of a response the layer made itself (401, 428, 500, 503).
+    /// A response body that is an inner service's body or a body of bytes, for inner
+    /// services whose body type the layer cannot answer in.
+    ///
+    /// [`Byok`](super::Byok) answers with its inner service's own response body type, and
+    /// makes its own responses (401, 428, 500, 503, or those of
+    /// [`with_rejection_response`](super::ByokLayer::with_rejection_response)) in it with
+    /// `From<Bytes>`. axum's `Body` and `http_body_util::Full<Bytes>` have that, so under
+    /// axum the layer's responses stay `axum::body::Body` and axum does not box them
+    /// again (BENCHMARKS.md, "Response body").
+    ///
+    /// Body types without `From<Bytes>` (`String`, `http_body_util::Empty`, the boxed
+    /// bodies, or tower-http's wrappers such as `CompressionBody` when such a layer sits
+    /// inside this one) are wrapped in a `ByokBody` first, without boxing:
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tower::{service_fn, ServiceBuilder};
+    /// use tower_byok::{resolve::FromHeader, ByokBody, ByokLayer, Vault};
+    ///
+    /// # fn f(vault: Vault) {
+    /// let service = ServiceBuilder::new()
+    ///     .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
+    ///     .map_response(|res: Response<String>| res.map(ByokBody::new))
+    ///     .service(service_fn(|_req: Request<String>| async {
+    ///         Ok::<_, Infallible>(Response::new(String::from("hello")))
+    ///     }));
+    /// # let _ = service; }
+    /// ```
+    #[derive(Debug)]
     pub struct ByokBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -18,6 +46,7 @@ pin_project! {
 
 pin_project! {
     #[project = KindProj]
+    #[derive(Debug)]
     enum Kind<B> {
         Inner { #[pin] body: B },
         Own { data: Option<Bytes> },
@@ -25,17 +54,19 @@ pin_project! {
 }
 
 impl<B> ByokBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
+    /// Wraps an inner service's body.
+    pub fn new(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
         }
     }
+}
 
-    pub(crate) fn own(data: impl Into<Bytes>) -> Self {
+impl<B> From<Bytes> for ByokBody<B> {
+    /// A body of `data`: how the layer makes its own responses in it.
+    fn from(data: Bytes) -> Self {
         Self {
-            kind: Kind::Own {
-                data: Some(data.into()),
-            },
+            kind: Kind::Own { data: Some(data) },
         }
     }
 }

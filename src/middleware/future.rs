@@ -9,7 +9,6 @@ use tower_service::Service;
 
 use bytes::Bytes;
 
-use super::body::ByokBody;
 use super::config::{prepare, Config};
 use super::rejection::Rejection;
 use crate::error::ErrorKind;
@@ -82,8 +81,9 @@ where
 impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: From<Bytes>,
 {
-    type Output = Result<Response<ByokBody<ResBody>>, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -91,13 +91,13 @@ where
             let next = match this.state.as_mut().project() {
                 StateProj::Inner { future } => {
                     let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response.map(ByokBody::inner)));
+                    return Poll::Ready(Ok(response));
                 }
                 StateProj::Reject { response } => {
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ByokBody::own)));
+                    return Poll::Ready(Ok(response.map(ResBody::from)));
                 }
                 StateProj::Load { load, pending } => {
                     let loaded = ready!(load.as_mut().poll(cx));

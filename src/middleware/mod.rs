@@ -11,7 +11,8 @@
 //! - `config.rs`: what the layer was told ([`Config`], [`DevEnvFallback`]) and
 //!   [`prepare`], the one step both the hit path and the miss path run;
 //! - `rejection.rs`: the responses the layer answers with itself ([`Rejection`]);
-//! - `body.rs`: [`ByokBody`], the inner service's body or one of the layer's own.
+//! - `body.rs`: [`ByokBody`], for inner services whose body type the layer cannot
+//!   answer in.
 //!
 //! Each file uses only the ones listed after it.
 

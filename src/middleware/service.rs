@@ -2,10 +2,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::body::ByokBody;
 use super::config::{prepare, Config};
 use super::future::ResponseFuture;
 use super::rejection::Rejection;
@@ -14,6 +14,11 @@ use crate::resolve::ResolveUser;
 use crate::vault::Vault;
 
 /// The middleware made by [`ByokLayer`](super::ByokLayer).
+///
+/// It answers with the inner service's response body type, and makes its own responses
+/// in that type with `From<Bytes>`: axum's `Body` and `http_body_util::Full<Bytes>` pass
+/// through unchanged. For body types without `From<Bytes>` (`String`, boxed bodies,
+/// tower-http's wrappers), wrap the inner service's bodies in [`ByokBody`](super::ByokBody).
 pub struct Byok<S, R> {
     inner: S,
     /// Everything but the inner service, behind one `Arc`: axum clones the service for
@@ -62,8 +67,11 @@ impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Byok<S, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     R: ResolveUser<ReqBody>,
+    // The layer's own responses are made in the inner service's body type, so that it
+    // passes through unchanged (axum would box any other type again).
+    ResBody: From<Bytes>,
 {
-    type Response = Response<ByokBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
