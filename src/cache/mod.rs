@@ -39,6 +39,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
+use crate::metrics::{self, LoadTimer};
 
 type Hasher = foldhash::fast::RandomState;
 type Entries = moka::sync::Cache<Arc<str>, Entry, Hasher>;
@@ -110,6 +111,7 @@ impl KeyCache {
         load_timeout: Duration,
         stale_if_error: Option<Duration>,
     ) -> Self {
+        metrics::describe();
         let hasher = Hasher::default();
         let entries = moka::sync::Cache::builder()
             .max_capacity(capacity)
@@ -146,6 +148,7 @@ impl KeyCache {
         if self.stale_if_error.is_some() && entry.fresh_until <= Instant::now() {
             return None;
         }
+        metrics::hit();
         Some(entry.keys)
     }
 
@@ -212,6 +215,7 @@ impl KeyCache {
                 }
             }
         };
+        metrics::miss();
         // Removes the flight from the map when its last caller leaves, however it leaves,
         // so abandoned flights do not pile up.
         let _leave = LeaveFlight {
@@ -222,6 +226,7 @@ impl KeyCache {
         let result = flight
             .result
             .get_or_init(|| async {
+                let timer = LoadTimer::start();
                 let loaded = match tokio::time::timeout(self.load_timeout, load()).await {
                     Ok(Ok(keys)) => Ok(keys),
                     Ok(Err(e)) => Err(e.kind()),
@@ -230,6 +235,7 @@ impl KeyCache {
                         Err(ErrorKind::Timeout)
                     }
                 };
+                timer.finish(loaded.as_ref().err().copied());
                 let shared = self.lock();
                 // Under the lock that `invalidate` takes: either the write's
                 // invalidation came first and bumped the generation, so these keys
@@ -269,6 +275,7 @@ impl KeyCache {
             past_ttl = ?now.duration_since(entry.fresh_until),
             "loading a user's keys failed; serving them stale from the cache"
         );
+        metrics::stale_served();
         Some(entry.keys.into_stale())
     }
 

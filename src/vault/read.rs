@@ -8,6 +8,7 @@ use super::{from_unix_ms, unix_ms, Vault};
 use crate::audit::AuditRecord;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{KeyInfo, ProviderKey, UserKeys};
+use crate::metrics::{self, Scope, Source};
 use crate::store::AuditQuery;
 use crate::validate;
 
@@ -75,6 +76,7 @@ impl Vault {
     /// has none.
     pub fn forget_cached(&self, user_id: &str) {
         self.inner.cache.invalidate(user_id);
+        metrics::invalidated(Source::Local, Scope::User);
     }
 
     /// The cached keys of an already validated user id, if present: no waiting.
