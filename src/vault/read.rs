@@ -3,6 +3,8 @@
 
 use std::time::SystemTime;
 
+use tracing::Instrument;
+
 use super::open::Opener;
 use super::{from_unix_ms, unix_ms, Vault};
 use crate::audit::AuditRecord;
@@ -87,10 +89,19 @@ impl Vault {
     pub(crate) async fn cached(&self, user_id: &str) -> Result<UserKeys, ErrorKind> {
         self.inner
             .cache
-            .get_or_load(user_id, || async move {
-                self.load(user_id).await.inspect_err(|e| {
-                    tracing::warn!(user_ref = %self.user_ref(user_id), error = %e, "loading a user's keys failed");
-                })
+            .get_or_load(user_id, || {
+                // One span per load (not per waiter), naming the user by the keyed hash
+                // only, computed only when a subscriber wants the span.
+                let span = tracing::info_span!("tower_byok.load", user_ref = tracing::field::Empty);
+                if !span.is_disabled() {
+                    span.record("user_ref", tracing::field::display(self.user_ref(user_id)));
+                }
+                async move {
+                    self.load(user_id).await.inspect_err(|e| {
+                        tracing::warn!(user_ref = %self.user_ref(user_id), error = %e, "loading a user's keys failed");
+                    })
+                }
+                .instrument(span)
             })
             .await
     }
