@@ -39,7 +39,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
-use crate::metrics::{self, LoadTimer};
+use crate::metrics::{CacheCounters, LoadTimer};
 
 type Hasher = foldhash::fast::RandomState;
 type Entries = moka::sync::Cache<Arc<str>, Entry, Hasher>;
@@ -99,6 +99,7 @@ pub(crate) struct KeyCache {
     ttl: Duration,
     load_timeout: Duration,
     stale_if_error: Option<Duration>,
+    counters: CacheCounters,
 }
 
 impl KeyCache {
@@ -111,7 +112,6 @@ impl KeyCache {
         load_timeout: Duration,
         stale_if_error: Option<Duration>,
     ) -> Self {
-        metrics::describe();
         let hasher = Hasher::default();
         let entries = moka::sync::Cache::builder()
             .max_capacity(capacity)
@@ -127,6 +127,7 @@ impl KeyCache {
             ttl,
             load_timeout,
             stale_if_error,
+            counters: CacheCounters::register(),
         }
     }
 
@@ -148,7 +149,7 @@ impl KeyCache {
         if self.stale_if_error.is_some() && entry.fresh_until <= Instant::now() {
             return None;
         }
-        metrics::hit();
+        self.counters.hit();
         Some(entry.keys)
     }
 
@@ -215,7 +216,7 @@ impl KeyCache {
                 }
             }
         };
-        metrics::miss();
+        self.counters.miss();
         // Removes the flight from the map when its last caller leaves, however it leaves,
         // so abandoned flights do not pile up.
         let _leave = LeaveFlight {
@@ -226,7 +227,7 @@ impl KeyCache {
         let result = flight
             .result
             .get_or_init(|| async {
-                let timer = LoadTimer::start();
+                let timer = LoadTimer::start(&self.counters);
                 let loaded = match tokio::time::timeout(self.load_timeout, load()).await {
                     Ok(Ok(keys)) => Ok(keys),
                     Ok(Err(e)) => Err(e.kind()),
@@ -275,7 +276,7 @@ impl KeyCache {
             past_ttl = ?now.duration_since(entry.fresh_until),
             "loading a user's keys failed; serving them stale from the cache"
         );
-        metrics::stale_served();
+        self.counters.stale_served();
         Some(entry.keys.into_stale())
     }
 
