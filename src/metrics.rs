@@ -3,8 +3,9 @@
 //! invalidations and the layer's rejections.
 //!
 //! Every call site goes through the functions here. Without the feature they are empty
-//! inline functions and [`LoadTimer`] is zero-sized, so a build without it has neither
-//! the code nor the dependency, and the call sites read the same either way.
+//! inline functions and [`CacheCounters`] and [`LoadTimer`] are zero-sized, so a build
+//! without it has neither the code nor the dependency, and the call sites read the same
+//! either way.
 //!
 //! Label values come from closed sets only: error kind names, status codes, sources and
 //! scopes. Never a user id, and never a provider name: users choose those, and one label
