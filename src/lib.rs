@@ -165,6 +165,9 @@
 //! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
 //! - `import`: the `import` module, to move keys out of the `.env` and JSON files
 //!   apps kept them in before.
+//! - `metrics`: counters and a histogram of the cache and the layer (hits, misses, loads
+//!   and their latency, load errors, invalidations, rejections) through the `metrics`
+//!   facade; the README's "Metrics" section lists them. Off, it costs nothing.
 //!
 //! [`docs/FORMAT.md`]: https://github.com/tower-byok/tower-byok/blob/main/docs/FORMAT.md
 //! [`examples/hyper.rs`]: https://github.com/tower-byok/tower-byok/blob/main/examples/hyper.rs
@@ -204,6 +207,7 @@ mod feed;
 pub mod import;
 mod keyring;
 mod keys;
+mod metrics;
 
 mod middleware;
 pub mod resolve;

@@ -39,6 +39,7 @@ use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
+use crate::metrics::{CacheCounters, LoadTimer};
 
 type Hasher = foldhash::fast::RandomState;
 type Entries = moka::sync::Cache<Arc<str>, Entry, Hasher>;
@@ -98,6 +99,7 @@ pub(crate) struct KeyCache {
     ttl: Duration,
     load_timeout: Duration,
     stale_if_error: Option<Duration>,
+    counters: CacheCounters,
 }
 
 impl KeyCache {
@@ -125,6 +127,7 @@ impl KeyCache {
             ttl,
             load_timeout,
             stale_if_error,
+            counters: CacheCounters::register(),
         }
     }
 
@@ -146,6 +149,7 @@ impl KeyCache {
         if self.stale_if_error.is_some() && entry.fresh_until <= Instant::now() {
             return None;
         }
+        self.counters.hit();
         Some(entry.keys)
     }
 
@@ -212,6 +216,7 @@ impl KeyCache {
                 }
             }
         };
+        self.counters.miss();
         // Removes the flight from the map when its last caller leaves, however it leaves,
         // so abandoned flights do not pile up.
         let _leave = LeaveFlight {
@@ -222,6 +227,7 @@ impl KeyCache {
         let result = flight
             .result
             .get_or_init(|| async {
+                let timer = LoadTimer::start(&self.counters);
                 let loaded = match tokio::time::timeout(self.load_timeout, load()).await {
                     Ok(Ok(keys)) => Ok(keys),
                     Ok(Err(e)) => Err(e.kind()),
@@ -230,6 +236,7 @@ impl KeyCache {
                         Err(ErrorKind::Timeout)
                     }
                 };
+                timer.finish(loaded.as_ref().err().copied());
                 let shared = self.lock();
                 // Under the lock that `invalidate` takes: either the write's
                 // invalidation came first and bumped the generation, so these keys
@@ -269,6 +276,7 @@ impl KeyCache {
             past_ttl = ?now.duration_since(entry.fresh_until),
             "loading a user's keys failed; serving them stale from the cache"
         );
+        self.counters.stale_served();
         Some(entry.keys.into_stale())
     }
 

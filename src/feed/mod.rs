@@ -29,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::KeyCache;
 use crate::error::Result;
+use crate::metrics::{self, Scope, Source};
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -250,10 +251,12 @@ impl Drop for Feed {
 impl Invalidate for KeyCache {
     fn user(&self, user_id: &str) {
         self.invalidate(user_id);
+        metrics::invalidated(Source::Feed, Scope::User);
     }
 
     fn all(&self) {
         self.invalidate_all();
+        metrics::invalidated(Source::Feed, Scope::All);
     }
 }
 
@@ -284,6 +287,7 @@ async fn run<S: ChangeSource>(
                         "the change feed was unreadable for long; forgetting every cached user"
                     );
                     cache.invalidate_all();
+                    metrics::invalidated(Source::Feed, Scope::All);
                     match source.newest().await {
                         Ok(newest) => {
                             tracker = Tracker::new(newest);

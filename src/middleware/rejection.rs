@@ -104,6 +104,7 @@ impl Rejection {
     }
 
     pub(crate) fn log(&self) {
+        crate::metrics::rejected(self.status());
         tracing::debug!(
             status = self.status().as_u16(),
             rejection = %self,

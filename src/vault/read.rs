@@ -3,11 +3,14 @@
 
 use std::time::SystemTime;
 
+use tracing::Instrument;
+
 use super::open::Opener;
 use super::{from_unix_ms, unix_ms, Vault};
 use crate::audit::AuditRecord;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{KeyInfo, ProviderKey, UserKeys};
+use crate::metrics::{self, Scope, Source};
 use crate::store::AuditQuery;
 use crate::validate;
 
@@ -75,6 +78,7 @@ impl Vault {
     /// has none.
     pub fn forget_cached(&self, user_id: &str) {
         self.inner.cache.invalidate(user_id);
+        metrics::invalidated(Source::Local, Scope::User);
     }
 
     /// The cached keys of an already validated user id, if present: no waiting.
@@ -85,10 +89,19 @@ impl Vault {
     pub(crate) async fn cached(&self, user_id: &str) -> Result<UserKeys, ErrorKind> {
         self.inner
             .cache
-            .get_or_load(user_id, || async move {
-                self.load(user_id).await.inspect_err(|e| {
-                    tracing::warn!(user_ref = %self.user_ref(user_id), error = %e, "loading a user's keys failed");
-                })
+            .get_or_load(user_id, || {
+                // One span per load (not per waiter), naming the user by the keyed hash
+                // only, computed only when a subscriber wants the span.
+                let span = tracing::info_span!("tower_byok.load", user_ref = tracing::field::Empty);
+                if !span.is_disabled() {
+                    span.record("user_ref", tracing::field::display(self.user_ref(user_id)));
+                }
+                async move {
+                    self.load(user_id).await.inspect_err(|e| {
+                        tracing::warn!(user_ref = %self.user_ref(user_id), error = %e, "loading a user's keys failed");
+                    })
+                }
+                .instrument(span)
             })
             .await
     }

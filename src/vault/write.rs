@@ -9,6 +9,7 @@ use super::{unix_ms, Inner, Vault, PAGE};
 use crate::audit::{AuditAction, AuditRecord};
 use crate::crypto::UserCipher;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::{self, Scope, Source};
 use crate::store::StoredKey;
 use crate::validate;
 
@@ -235,6 +236,7 @@ impl Vault {
             let result = write.await;
             if let Some(user) = user {
                 inner.cache.invalidate(&user);
+                metrics::invalidated(Source::Local, Scope::User);
             }
             result
         })
