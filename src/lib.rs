@@ -147,7 +147,8 @@
 //! `src/vault/rotation.rs` (master-key rotation), `src/store/capability.rs` (what a store
 //! may add to the core: rotation, expiry, audit reading), `src/store/migrate.rs` (the
 //! embedded migrations), `src/keyring.rs` (master keys),
-//! `src/check.rs` (checks before save), `src/import/` (legacy files, feature `import`) and
+//! `src/check.rs` (checks before save), `src/import/` (legacy files, feature `import`),
+//! `src/test_util/` (helpers for apps' tests, feature `test-util`) and
 //! `src/bin/tower-byok/` (the admin CLI). `tests/architecture.rs` keeps the modules free
 //! of import cycles, every source file under 700 lines and SQL out of macros.
 //!
@@ -158,6 +159,9 @@
 //! - `axum` (default): the [`UserKeys`] extractor and [`KeysRejection`].
 //! - `import`: the `import` module, to move keys out of the `.env` and JSON files
 //!   apps kept them in before.
+//! - `test-util`: the [`test_util`] module, for an app's own tests (a dev-dependency):
+//!   [`UserKeys`] for handler tests, in-memory and reopenable test vaults, and an
+//!   isolation check that drives the whole app as users A, B and C.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(doctest)]
@@ -181,6 +185,9 @@ mod keys;
 mod middleware;
 pub mod resolve;
 pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 mod time;
 mod validate;
 mod vault;
