@@ -154,7 +154,8 @@
 //! may add to the core: rotation, expiry, audit reading), `src/store/migrate.rs` (the
 //! embedded migrations), `src/keyring.rs` (master keys),
 //! `src/check.rs` (checks before save), `src/env_file/` (keys from a `.env` text, e.g. an
-//! upload), `src/import/` (legacy files, feature `import`) and
+//! upload), `src/import/` (legacy files, feature `import`), `src/test_util/` (helpers for
+//! apps' tests, feature `test-util`) and
 //! `src/bin/tower-byok/` (the admin CLI). `tests/architecture.rs` keeps the modules free
 //! of import cycles, every source file under 700 lines and SQL out of macros.
 //!
@@ -168,6 +169,9 @@
 //! - `metrics`: counters and a histogram of the cache and the layer (hits, misses, loads
 //!   and their latency, load errors, invalidations, rejections) through the `metrics`
 //!   facade; the README's "Metrics" section lists them. Off, it costs nothing.
+//! - `test-util`: the [`test_util`] module, for an app's own tests (a dev-dependency):
+//!   [`UserKeys`] for handler tests, in-memory and reopenable test vaults, and an
+//!   isolation check that drives the whole app as users A, B and C.
 //!
 //! [`docs/FORMAT.md`]: https://github.com/tower-byok/tower-byok/blob/main/docs/FORMAT.md
 //! [`examples/hyper.rs`]: https://github.com/tower-byok/tower-byok/blob/main/examples/hyper.rs
@@ -180,6 +184,10 @@
 #![cfg_attr(
     not(feature = "postgres"),
     doc = "[`PostgresStore`]: https://docs.rs/tower-byok/latest/tower_byok/struct.PostgresStore.html"
+)]
+#![cfg_attr(
+    not(feature = "test-util"),
+    doc = "[`test_util`]: https://docs.rs/tower-byok/latest/tower_byok/test_util/index.html"
 )]
 #![cfg_attr(
     not(feature = "axum"),
@@ -212,6 +220,9 @@ mod metrics;
 mod middleware;
 pub mod resolve;
 pub mod store;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 mod time;
 mod validate;
 mod vault;

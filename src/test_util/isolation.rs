@@ -1,0 +1,575 @@
+//! The isolation check: drives an app as users A, B and C and reports who saw whose key.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+
+use bytes::Buf;
+use chacha20poly1305::aead::rand_core::RngCore;
+use chacha20poly1305::aead::OsRng;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use tower_service::Service;
+use zeroize::Zeroizing;
+
+use super::report::{IsolationFailure, IsolationReport, Phase, TestUser};
+use super::vault::TestVault;
+use crate::vault::Vault;
+
+/// How many requests each user makes at once in [`Phase::Concurrent`].
+const CONCURRENT_ROUNDS: usize = 4;
+/// The most of a response body the check reads: past it, the request counts as failed.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The longest error text kept in a report.
+const MAX_DETAIL: usize = 300;
+
+type MakeApp<'a, S> = Box<dyn Fn(Vault) -> S + 'a>;
+type MakeRequest<'a, B> = Box<dyn Fn(&str) -> Request<B> + 'a>;
+type MakeStore<'a, B> = Box<dyn Fn(&str, &str, &str) -> Request<B> + 'a>;
+
+/// Checks that an app serves each user their own keys and nobody else's, and that they
+/// survive a restart: the old shared-`.env` bugs, as a test.
+///
+/// The check drives any [`Service`] of [`http::Request`]s (an axum `Router` is one) as
+/// users A, B and C:
+///
+/// 1. **one by one**: A stores a key for each provider and is served; B stores keys
+///    and is served; A is served again, then C, who stored nothing;
+/// 2. **concurrently**: A and B replace their keys at the same time, then A, B and C
+///    make several requests each, all in flight at once;
+/// 3. **after reopening the vault**: the app is dropped and rebuilt over a new vault
+///    on the same database file and keyring (a redeploy); A, B and C are served again.
+///
+/// Each key is a fresh random secret shaped like the provider's own (`sk-…`, `AIza…`,
+/// `gsk_…`, `sk-ant-…`). A response (status, headers and body, read whole) "shows" a
+/// key when it contains it in full or in its masked form
+/// ([`ProviderKey::masked`](crate::ProviderKey::masked), `sk-p…abcd`). So the request
+/// must reach a route whose answer shows which keys the handler got, e.g. one that
+/// echoes `key.masked()` for each provider, or a listing of the caller's keys. Each
+/// answer to A or B must show each of their current keys and none of the other's; each
+/// answer to C must show none.
+///
+/// The check needs to know three things about the app:
+///
+/// - how to build it over a vault: `make_app`, called once at the start and once after
+///   the reopening, with a [`Vault`] on a temporary SQLite file ([`TestVault`]);
+/// - how to make a request as a given user id: `request`, which must authenticate it
+///   the app's way (a signed bearer token, a session cookie, a trusted header);
+/// - how users store keys: through the vault directly by default, or through the app's
+///   own endpoint with [`store_through_app`](Self::store_through_app).
+///
+/// What it cannot see: state an app keeps in statics or environment variables outlives
+/// the rebuild, since the check runs in one process; concurrency is one task's
+/// interleaving at the app's `.await` points, not threads.
+///
+/// The report ([`IsolationReport`]) lists each failure with keys masked, e.g.
+/// `one by one: user B was served user A's openai key sk-p…abcd`.
+///
+/// ```
+/// use axum::{body::Body, routing::get, Router};
+/// use http::Request;
+/// use tower_byok::{resolve::FromHeader, test_util::IsolationCheck, ByokLayer, UserKeys, Vault};
+///
+/// async fn which_keys(keys: UserKeys) -> String {
+///     keys.iter().map(|k| format!("{} {}\n", k.provider(), k.masked())).collect()
+/// }
+///
+/// fn app(vault: Vault) -> Router {
+///     Router::new()
+///         .route("/which-keys", get(which_keys))
+///         .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// IsolationCheck::new(app, |user| {
+///     Request::get("/which-keys").header("x-user", user).body(Body::empty()).unwrap()
+/// })
+/// .providers(["openai", "gemini"])
+/// .run()
+/// .await
+/// .assert_ok();
+/// # }
+/// ```
+pub struct IsolationCheck<'a, S, B> {
+    make_app: MakeApp<'a, S>,
+    request: MakeRequest<'a, B>,
+    store: Option<MakeStore<'a, B>>,
+    users: [String; 3],
+    providers: Vec<String>,
+}
+
+impl<'a, S, B> IsolationCheck<'a, S, B> {
+    /// A check of the app `make_app` builds over a vault, with `request` making an
+    /// authenticated request as a user id to a route that shows the keys it was served.
+    ///
+    /// The defaults: user ids `isolation-user-a`, `-b` and `-c`; one provider,
+    /// `openai`; keys stored through the vault directly.
+    pub fn new(
+        make_app: impl Fn(Vault) -> S + 'a,
+        request: impl Fn(&str) -> Request<B> + 'a,
+    ) -> Self {
+        Self {
+            make_app: Box::new(make_app),
+            request: Box::new(request),
+            store: None,
+            users: ["a", "b", "c"].map(|u| format!("isolation-user-{u}")),
+            providers: vec!["openai".to_owned()],
+        }
+    }
+
+    /// The user ids of A, B and C, for an app that only knows some users (e.g. fixed
+    /// demo tokens).
+    ///
+    /// # Panics
+    ///
+    /// If two are equal or one is not a valid user id.
+    #[must_use]
+    pub fn users(mut self, a: &str, b: &str, c: &str) -> Self {
+        for (i, id) in [a, b, c].into_iter().enumerate() {
+            if let Err(e) = crate::validate::user_id(id) {
+                panic!("IsolationCheck::users: user {}: {e}", TestUser::ALL[i]);
+            }
+        }
+        assert!(
+            a != b && b != c && a != c,
+            "IsolationCheck::users: the three user ids must differ"
+        );
+        self.users = [a, b, c].map(str::to_owned);
+        self
+    }
+
+    /// The providers A and B store a key for, in place of `["openai"]`. Every answer
+    /// to A or B must show a key for each.
+    ///
+    /// # Panics
+    ///
+    /// If the list is empty or a name is not a valid provider name.
+    #[must_use]
+    pub fn providers<I, P>(mut self, providers: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        let mut names = Vec::new();
+        for (i, p) in providers.into_iter().enumerate() {
+            let name = match crate::validate::provider(p.as_ref()) {
+                Ok(name) => name.into_owned(),
+                Err(e) => panic!("IsolationCheck::providers: provider {i}: {e}"),
+            };
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        assert!(
+            !names.is_empty(),
+            "IsolationCheck::providers: name at least one provider"
+        );
+        self.providers = names;
+        self
+    }
+
+    /// Users store their keys through the app: `store(user_id, provider, secret)` makes
+    /// the app's authenticated store request (e.g. `PUT /keys/{provider}` with the
+    /// secret as the body), and the app must answer with a success status (2xx).
+    #[must_use]
+    pub fn store_through_app(
+        mut self,
+        store: impl Fn(&str, &str, &str) -> Request<B> + 'a,
+    ) -> Self {
+        self.store = Some(Box::new(store));
+        self
+    }
+}
+
+impl<S, B, ResBody> IsolationCheck<'_, S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ResBody: Body,
+    ResBody::Error: fmt::Display,
+{
+    /// Runs the check. Failures are in the report, not panics: call
+    /// [`IsolationReport::assert_ok`] on it in a test.
+    pub async fn run(self) -> IsolationReport {
+        let mut run = Run {
+            check: &self,
+            keys: Keys::generate(&self.providers),
+            report: IsolationReport {
+                failures: Vec::new(),
+                requests: 0,
+            },
+        };
+        run.all().await;
+        run.report
+    }
+}
+
+impl<S, B> fmt::Debug for IsolationCheck<'_, S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IsolationCheck")
+            .field("providers", &self.providers)
+            .field("store_through_app", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One secret of the check: user A's or B's, for one provider, in one generation (the
+/// second replaces the first in [`Phase::Concurrent`]).
+struct Canary {
+    owner: TestUser,
+    generation: usize,
+    provider: String,
+    secret: Zeroizing<String>,
+    masked: String,
+}
+
+struct Keys(Vec<Canary>);
+
+impl Keys {
+    /// Fresh random secrets with pairwise different masked forms.
+    fn generate(providers: &[String]) -> Self {
+        let mut keys: Vec<Canary> = Vec::new();
+        for owner in [TestUser::A, TestUser::B] {
+            for generation in 0..2 {
+                for provider in providers {
+                    let canary = loop {
+                        let secret = random_secret(provider);
+                        let masked = crate::validate::mask(&secret);
+                        if keys.iter().all(|k| k.masked != masked) {
+                            break Canary {
+                                owner,
+                                generation,
+                                provider: provider.clone(),
+                                secret,
+                                masked,
+                            };
+                        }
+                    };
+                    keys.push(canary);
+                }
+            }
+        }
+        Self(keys)
+    }
+
+    fn of(&self, owner: TestUser, generation: usize) -> impl Iterator<Item = &Canary> {
+        self.0
+            .iter()
+            .filter(move |k| k.owner == owner && k.generation == generation)
+    }
+
+    /// `text` with every secret of the check replaced by its masked form, cut short.
+    fn scrub(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for key in &self.0 {
+            text = text.replace(key.secret.as_str(), &key.masked);
+        }
+        match text.char_indices().nth(MAX_DETAIL) {
+            Some((i, _)) => format!("{}…", &text[..i]),
+            None => text,
+        }
+    }
+}
+
+/// A random key shaped like the provider's (so that the crate's built-in format checks
+/// and most apps' own accept it), letters and digits after the prefix.
+fn random_secret(provider: &str) -> Zeroizing<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let (prefix, len) = match provider {
+        "anthropic" => ("sk-ant-", 48),
+        "gemini" | "google" => ("AIza", 39),
+        "groq" => ("gsk_", 48),
+        _ => ("sk-", 48),
+    };
+    let mut bytes = Zeroizing::new([0u8; 64]);
+    OsRng.fill_bytes(bytes.as_mut());
+    let mut secret = Zeroizing::new(String::with_capacity(len));
+    secret.push_str(prefix);
+    for b in bytes.iter().take(len - prefix.len()) {
+        secret.push(char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]));
+    }
+    secret
+}
+
+/// What came back: the status, and headers and body as text.
+struct Answer {
+    status: StatusCode,
+    text: String,
+}
+
+struct Run<'c, 'a, S, B> {
+    check: &'c IsolationCheck<'a, S, B>,
+    keys: Keys,
+    report: IsolationReport,
+}
+
+impl<S, B, ResBody> Run<'_, '_, S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+    ResBody: Body,
+    ResBody::Error: fmt::Display,
+{
+    async fn all(&mut self) {
+        use TestUser::{A, B, C};
+        let test_vault = match TestVault::try_new().await {
+            Ok(v) => v,
+            Err(e) => return self.vault_failed(Phase::OneByOne, &e),
+        };
+        let vault = test_vault.vault();
+        let mut app = (self.check.make_app)(vault.clone());
+        // The generation of each user's keys the app should serve, if any.
+        let mut current: [Option<usize>; 3] = [None; 3];
+
+        let phase = Phase::OneByOne;
+        self.store(&mut app, &vault, phase, &[(A, 0)]).await;
+        current[A.index()] = Some(0);
+        self.serve(&mut app, phase, &[A], &current).await;
+        self.store(&mut app, &vault, phase, &[(B, 0)]).await;
+        current[B.index()] = Some(0);
+        for user in [B, A, C] {
+            self.serve(&mut app, phase, &[user], &current).await;
+        }
+
+        let phase = Phase::Concurrent;
+        self.store(&mut app, &vault, phase, &[(A, 1), (B, 1)]).await;
+        current = [Some(1), Some(1), None];
+        let users: Vec<TestUser> = (0..CONCURRENT_ROUNDS).flat_map(|_| [A, B, C]).collect();
+        self.serve(&mut app, phase, &users, &current).await;
+
+        let phase = Phase::Reopened;
+        drop(app);
+        drop(vault);
+        let vault = match test_vault.try_reopen().await {
+            Ok(v) => v,
+            Err(e) => return self.vault_failed(phase, &e),
+        };
+        let mut app = (self.check.make_app)(vault);
+        for user in [A, B, C] {
+            self.serve(&mut app, phase, &[user], &current).await;
+        }
+    }
+
+    fn vault_failed(&mut self, phase: Phase, e: &crate::Error) {
+        let detail = self.keys.scrub(&e.to_string());
+        self.report.push(IsolationFailure::Vault { phase, detail });
+    }
+
+    /// Stores the keys of each `(user, generation)`, all at once.
+    async fn store(&mut self, app: &mut S, vault: &Vault, phase: Phase, who: &[(TestUser, usize)]) {
+        let keys = &self.keys;
+        let users = &self.check.users;
+        let puts: Vec<(TestUser, &Canary)> = who
+            .iter()
+            .flat_map(|&(user, generation)| keys.of(user, generation).map(move |k| (user, k)))
+            .collect();
+        let results: Vec<Result<(), String>> = match &self.check.store {
+            None => {
+                let futures = puts.iter().map(|(user, k)| async move {
+                    let id = &users[user.index()];
+                    vault
+                        .put(id, &k.provider, &k.secret)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
+                join_all(futures.collect()).await
+            }
+            Some(make) => {
+                let mut futures = Vec::new();
+                for (user, k) in &puts {
+                    let req = make(&users[user.index()], &k.provider, &k.secret);
+                    let call = ready(app).await.map(|()| app.call(req));
+                    futures.push(answer(call));
+                }
+                self.report.requests += futures.len();
+                join_all(futures)
+                    .await
+                    .into_iter()
+                    .map(|answer| match answer {
+                        Ok(a) if a.status.is_success() => Ok(()),
+                        Ok(a) => Err(format!("the app answered {}", a.status)),
+                        Err(e) => Err(e),
+                    })
+                    .collect()
+            }
+        };
+        for ((user, k), result) in puts.iter().zip(results) {
+            if let Err(detail) = result {
+                let detail = self.keys.scrub(&detail);
+                self.report.push(IsolationFailure::StoreFailed {
+                    phase,
+                    user: *user,
+                    provider: k.provider.clone(),
+                    detail,
+                });
+            }
+        }
+    }
+
+    /// Sends one request as each of `users`, all at once, and checks each answer.
+    async fn serve(
+        &mut self,
+        app: &mut S,
+        phase: Phase,
+        users: &[TestUser],
+        current: &[Option<usize>; 3],
+    ) {
+        let mut futures = Vec::new();
+        for user in users {
+            let req = (self.check.request)(&self.check.users[user.index()]);
+            let call = ready(app).await.map(|()| app.call(req));
+            futures.push(answer(call));
+        }
+        self.report.requests += futures.len();
+        for (user, answer) in users.iter().zip(join_all(futures).await) {
+            match answer {
+                Ok(answer) => self.judge(phase, *user, &answer, current),
+                Err(e) => {
+                    let detail = self.keys.scrub(&e);
+                    self.report.push(IsolationFailure::RequestFailed {
+                        phase,
+                        user: *user,
+                        detail,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The answer to `user` must show each of their current keys and no other user's.
+    fn judge(
+        &mut self,
+        phase: Phase,
+        user: TestUser,
+        answer: &Answer,
+        current: &[Option<usize>; 3],
+    ) {
+        let shows =
+            |k: &Canary| answer.text.contains(k.secret.as_str()) || answer.text.contains(&k.masked);
+        let mut found = Vec::new();
+        if let Some(generation) = current[user.index()] {
+            for k in self.keys.of(user, generation).filter(|k| !shows(k)) {
+                found.push(IsolationFailure::MissingOwnKey {
+                    phase,
+                    user,
+                    provider: k.provider.clone(),
+                    masked: k.masked.clone(),
+                    status: answer.status,
+                });
+            }
+        }
+        for k in self.keys.0.iter().filter(|k| k.owner != user && shows(k)) {
+            found.push(IsolationFailure::ServedOthersKey {
+                phase,
+                user,
+                owner: k.owner,
+                provider: k.provider.clone(),
+                masked: k.masked.clone(),
+            });
+        }
+        for failure in found {
+            self.report.push(failure);
+        }
+    }
+}
+
+/// Waits until the app is ready for a request.
+async fn ready<S, B>(app: &mut S) -> Result<(), String>
+where
+    S: Service<Request<B>>,
+    S::Error: fmt::Display,
+{
+    poll_fn(|cx| app.poll_ready(cx))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The whole answer to a call: a future that does not borrow the app, so that several
+/// can be in flight at once.
+async fn answer<F, E, ResBody>(call: Result<F, String>) -> Result<Answer, String>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: fmt::Display,
+    ResBody: Body,
+    ResBody::Error: fmt::Display,
+{
+    let response = call?.await.map_err(|e| e.to_string())?;
+    let (parts, body) = response.into_parts();
+    let mut text = String::new();
+    push_headers(&mut text, &parts.headers);
+    read_body(body, &mut text).await?;
+    Ok(Answer {
+        status: parts.status,
+        text,
+    })
+}
+
+fn push_headers(text: &mut String, headers: &HeaderMap) {
+    for (name, value) in headers {
+        text.push_str(name.as_str());
+        text.push_str(": ");
+        text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        text.push('\n');
+    }
+}
+
+/// Appends the body, and any trailers, as (lossy) UTF-8 text.
+async fn read_body<ResBody>(body: ResBody, text: &mut String) -> Result<(), String>
+where
+    ResBody: Body,
+    ResBody::Error: fmt::Display,
+{
+    let mut body = pin!(body);
+    let mut bytes = Vec::new();
+    while let Some(frame) = poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        match frame.into_data() {
+            Ok(mut data) => {
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    bytes.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+                if bytes.len() > MAX_BODY {
+                    return Err("the response body is over 16 MiB".to_owned());
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    push_headers(text, &trailers);
+                }
+            }
+        }
+    }
+    text.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(())
+}
+
+/// Polls every future until all are done, in one task: their `.await` points
+/// interleave as concurrent requests to one server would.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
