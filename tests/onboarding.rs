@@ -862,3 +862,24 @@ async fn keys_failing_their_checks_are_refused() {
     );
     assert_eq!(reply.json()["missing"], json!([]));
 }
+
+/// Keys stored outside the app (the admin CLI, another instance) open the later steps
+/// for a user who never did the key step here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stored_elsewhere_open_the_later_steps() {
+    let world = World::new(Backend::Sqlite).await;
+    let g = User::new("user-g", 0x9);
+    let vault = world.vault().await;
+    vault.put(&g.name, "gemini", &g.gemini).await.unwrap();
+    vault.put(&g.name, "exa", &g.exa).await.unwrap();
+    let app = world.start(&[]);
+    let token = app.login(&g.name).await;
+    let page = app.get("/onboarding", &token).await;
+    assert!(
+        page.body.contains("<title>Step 2: Your website</title>"),
+        "{}",
+        page.body
+    );
+    onboard(&app, &token, &g, 1..4).await;
+    assert_eq!(app.progress(&token).await["done"], json!(true));
+}

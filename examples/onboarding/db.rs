@@ -29,7 +29,9 @@ macro_rules! on_pool {
     };
 }
 
-/// The app's migrations: idempotent, run at every start, before serving.
+/// The app's migrations: idempotent, run at every start, before serving. (Instances
+/// starting together on a fresh PostgreSQL database could race here; a larger app runs
+/// its migrations with a tool that takes a lock, such as `sqlx migrate`.)
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS onboarding_progress (
         user_id TEXT PRIMARY KEY,

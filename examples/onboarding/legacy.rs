@@ -4,7 +4,9 @@
 //! dry run first, which writes nothing; then, when asked, the import, which verifies
 //! every key and keeps a backup of the file before removing it. The rest of the file
 //! (the current step, the completed steps and their data) goes into the app's tables,
-//! with every secret-looking member left out.
+//! with every secret-looking member left out. A file that cannot be imported with
+//! certainty (malformed, or keys that differ from the user's stored ones) stops the
+//! start with the importer's error, which names places in the file, never values.
 
 use std::error::Error;
 use std::path::Path;
