@@ -556,7 +556,7 @@ async fn database_text(db: &TestDb) -> String {
                 let sql =
                     format!("SELECT coalesce(string_agg(t::text, '|'), '') FROM \"{table}\" t");
                 text.push_str(
-                    &sqlx::query_scalar::<_, String>(&sql)
+                    &sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
                         .fetch_one(&pool)
                         .await
                         .unwrap(),
@@ -774,7 +774,7 @@ async fn bad_tokens_are_refused() {
     let expired = {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
         use base64::Engine as _;
-        use hmac::Mac as _;
+        use hmac::{KeyInit as _, Mac as _};
         let payload = B64.encode(r#"{"sub":"user-a","exp":1}"#);
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(TOKEN_SECRET.as_bytes()).unwrap();
         mac.update(payload.as_bytes());

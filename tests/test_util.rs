@@ -14,7 +14,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{post, put};
 use axum::Router;
+use bytes::Bytes;
 use http::Request as HttpRequest;
+use http_body_util::Full;
 use tokio::sync::OnceCell;
 use tower::{service_fn, ServiceBuilder};
 use tower_byok::check::{self, KeyCheck};
@@ -253,7 +255,9 @@ async fn a_plain_tower_service_with_a_trusted_header_passes() {
             .layer(ByokLayer::new(vault, FromHeader::new("x-user")))
             .service(service_fn(|req: HttpRequest<String>| async move {
                 let keys = req.extensions().get::<UserKeys>().cloned();
-                Ok::<_, Infallible>(http::Response::new(show(&keys.unwrap_or_default())))
+                Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::from(show(
+                    &keys.unwrap_or_default(),
+                ))))
             }))
     };
     let request = |user: &str| {
@@ -438,7 +442,7 @@ async fn a_report_never_holds_a_full_secret() {
                     }
                     Ok(http::Response::builder()
                         .header("x-keys", seen.join(","))
-                        .body(seen.join("\n"))
+                        .body(Full::<Bytes>::from(seen.join("\n")))
                         .unwrap())
                 }
             }))

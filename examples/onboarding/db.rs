@@ -71,7 +71,7 @@ pub(crate) struct Progress {
 impl Db {
     pub(crate) async fn migrate(&self) -> sqlx::Result<()> {
         for sql in MIGRATIONS {
-            on_pool!(self, pool => sqlx::query(sql).execute(pool).await.map(drop))?;
+            on_pool!(self, pool => sqlx::query(*sql).execute(pool).await.map(drop))?;
         }
         Ok(())
     }

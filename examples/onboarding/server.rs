@@ -175,7 +175,7 @@ fn tokens() -> Result<Tokens, Box<dyn Error>> {
         return Ok(Tokens::new(secret.as_bytes()));
     }
     let mut secret = [0; 32];
-    getrandom::getrandom(&mut secret).map_err(|e| e.to_string())?;
+    getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
     eprintln!("note: ONBOARDING_TOKEN_SECRET is not set; tokens are signed with a random key until restart");
     Ok(Tokens::new(&secret))
 }

@@ -6,8 +6,7 @@ use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use bytes::Buf;
-use chacha20poly1305::aead::rand_core::RngCore;
-use chacha20poly1305::aead::OsRng;
+use chacha20poly1305::aead::Generate;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
@@ -283,8 +282,8 @@ fn random_secret(provider: &str) -> Zeroizing<String> {
         "groq" => ("gsk_", 48),
         _ => ("sk-", 48),
     };
-    let mut bytes = Zeroizing::new([0u8; 64]);
-    OsRng.fill_bytes(bytes.as_mut());
+    // From the OS CSPRNG (`getrandom`), as the crate's own keys.
+    let bytes = Zeroizing::new(<[u8; 64]>::generate());
     let mut secret = Zeroizing::new(String::with_capacity(len));
     secret.push_str(prefix);
     for b in bytes.iter().take(len - prefix.len()) {
