@@ -883,3 +883,49 @@ async fn keys_stored_elsewhere_open_the_later_steps() {
     onboard(&app, &token, &g, 1..4).await;
     assert_eq!(app.progress(&token).await["done"], json!(true));
 }
+
+/// The crate's own isolation kit (`test_util::IsolationCheck`, feature `test-util`) run
+/// against the example's whole router, in process: users A and B get gemini and exa
+/// keys, and `/generate` (behind the 428 gate, authenticated with the example's bearer
+/// tokens) must show each of them only their own keys, masked; C must be shown none; and
+/// so again after the app is rebuilt over the reopened vault. The app's progress tables
+/// sit in a SQLite file of their own here, since the check supplies the vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crate_isolation_check_passes_on_the_example() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use tower_byok::test_util::IsolationCheck;
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("app.db"))
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap();
+    let db = db::Db::Sqlite(pool);
+    db.migrate().await.unwrap();
+    let tokens = auth::Tokens::new(TOKEN_SECRET.as_bytes());
+
+    let make_app = |vault| {
+        app::app(app::AppState {
+            vault,
+            db: db.clone(),
+            tokens: tokens.clone(),
+        })
+    };
+    let request = |user: &str| {
+        http::Request::get("/generate")
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", tokens.mint(user)),
+            )
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let report = IsolationCheck::new(make_app, request)
+        .providers(app::REQUIRED)
+        .run()
+        .await;
+    report.assert_ok();
+}
