@@ -167,7 +167,14 @@ async fn two_thousand_concurrent_requests_never_mix_users(backend: Backend) {
 
 async fn a_thousand_concurrent_requests_for_a_cold_user_make_one_load(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let (vault, probe) = db.open_probed(keyring(), Opts::default()).await;
+    // The held load must outlast the arrival of all 1000 requests however slow the
+    // machine is (the arrival wait below gives up after 60 s): this test is about single
+    // flight, not about the load deadline, which the default 3 s would make it race.
+    let opts = Opts {
+        load_timeout: Duration::from_secs(120),
+        ..Opts::default()
+    };
+    let (vault, probe) = db.open_probed(keyring(), opts).await;
     vault.put("cold", "openai", "sk-cold").await.unwrap();
     // Count requests as they reach the layer, and hold the first load until all have.
     let arrived = Arc::new(AtomicUsize::new(0));
