@@ -1,5 +1,6 @@
 //! The layer composed with tower-http's `TraceLayer` and `CompressionLayer` under axum,
 //! over a real loopback connection, and the response body types it passes through.
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,5 +1,6 @@
 //! Keys from a `.env` text: [`env_file::parse`] and [`Vault::put_env_keys`] on real
 //! databases, and each rule of the grammar the `env_file` module documents.
+#![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used)]
 
 mod common;

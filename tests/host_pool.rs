@@ -7,6 +7,7 @@
 //! own `sqlx` dependency, the one a host app would name in its Cargo.toml, and it is
 //! the type `from_pool` takes only when both are the same sqlx. `.ci/one-sqlx` checks
 //! the other half: the dependency tree holds one version of each `sqlx*` crate.
+#![cfg(all(feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
