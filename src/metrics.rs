@@ -179,11 +179,14 @@ pub(crate) fn rejected(status: StatusCode) {
 }
 
 /// Times one load from its start: counts it, then its duration and, if it failed, its
-/// error kind.
+/// error kind. A load dropped before it finished (every caller waiting on it went away)
+/// is recorded with the outcome `cancelled`, so each counted load has one duration.
 #[must_use]
 pub(crate) struct LoadTimer {
     #[cfg(feature = "metrics")]
     start: Instant,
+    #[cfg(feature = "metrics")]
+    finished: bool,
 }
 
 impl LoadTimer {
@@ -196,6 +199,7 @@ impl LoadTimer {
             counters.loads.increment(1);
             Self {
                 start: Instant::now(),
+                finished: false,
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -205,14 +209,30 @@ impl LoadTimer {
     /// The load ended, with `error` if it failed.
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub(crate) fn finish(self, error: Option<ErrorKind>) {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    pub(crate) fn finish(mut self, error: Option<ErrorKind>) {
         #[cfg(feature = "metrics")]
         {
             let outcome = if error.is_some() { "error" } else { "ok" };
-            ::metrics::histogram!(LOAD_DURATION, "outcome" => outcome).record(self.start.elapsed());
+            self.record(outcome);
             if let Some(kind) = error {
                 ::metrics::counter!(LOAD_ERRORS, "kind" => kind_label(kind)).increment(1);
             }
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn record(&mut self, outcome: &'static str) {
+        self.finished = true;
+        ::metrics::histogram!(LOAD_DURATION, "outcome" => outcome).record(self.start.elapsed());
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for LoadTimer {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record("cancelled");
         }
     }
 }

@@ -9,12 +9,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future as _;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
 use common::http::Server;
-use common::{keyring, Backend, TestDb};
+use common::{keyring, Backend, Opts, TestDb};
 use http::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
@@ -172,7 +174,19 @@ async fn emitted_metrics_match_the_readme_table() {
     }
     vault.forget_cached("alice");
     assert!(!stale.keys_for("alice").await.unwrap().is_stale());
+
+    // A load whose only caller goes away before it ends: held by the probe after its
+    // read, polled once, then dropped.
+    let (held, probe) = db.open_probed(keyring(), Opts::default()).await;
+    let _release = probe.hold_next_load();
+    {
+        let mut load = std::pin::pin!(held.keys_for("frank"));
+        let first = std::future::poll_fn(|cx| Poll::Ready(load.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the held load ended");
+    }
     all.take(&snapshotter);
+    let cancelled = [("outcome", "cancelled")];
+    assert_eq!(all.count("tower_byok_load_duration_seconds", &cancelled), 1);
 
     // From here on, every figure is exact.
     let layer = ByokLayer::new(vault.clone(), FromHeader::new("x-user"))
