@@ -40,36 +40,16 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::runtime::Runtime;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_byok::{
-    resolve::FromHeader, ByokBody, ByokLayer, Keyring, MasterKey, SqliteStore, Vault,
-};
+use tower_byok::{resolve::FromHeader, ByokBody, ByokLayer};
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
-const BODY: &str = include_str!("../LICENSE");
+// The hit-path benches' cached vault; this bench uses nothing else of theirs.
+#[allow(dead_code)]
+#[path = "support/hit.rs"]
+mod hit;
 
-fn cached_vault(rt: &tokio::runtime::Runtime) -> Vault {
-    rt.block_on(async {
-        let keyring = Keyring::new(MasterKey::generate("k1").expect("key"));
-        let vault = Vault::builder(SqliteStore::in_memory().await.expect("store"), keyring)
-            .cache_ttl(Duration::from_secs(3600))
-            .open()
-            .await
-            .expect("vault");
-        for (provider, secret) in [
-            ("openai", "sk-proj-bench-0001"),
-            ("gemini", "AIza-bench-0002"),
-            ("exa", "exa-bench-0003"),
-        ] {
-            vault
-                .put("bench-user", provider, secret)
-                .await
-                .expect("put");
-        }
-        vault.keys_for("bench-user").await.expect("warm the cache");
-        vault
-    })
-}
+const BODY: &str = include_str!("../LICENSE");
 
 fn request() -> Request<Body> {
     Request::get("/")
@@ -156,11 +136,7 @@ where
 }
 
 fn variants(mode: &mut Mode<'_>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let vault = cached_vault(&rt);
+    let (rt, vault) = hit::cached_vault();
     let byok = || ByokLayer::new(vault.clone(), FromHeader::new("x-user"));
     // The response body before the layer left it alone: the same two-variant enum,
     // which axum then boxes into its own `Body`.

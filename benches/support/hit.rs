@@ -1,4 +1,5 @@
-//! What the hit-path benches share (criterion's `hit_path` and the callgrind driver):
+//! What the hit-path benches share (criterion's `hit_path`, the callgrind driver, and
+//! `body` for its vault):
 //! a vault with one cached user, the two floor layers, and polling a future that must be
 //! ready at once.
 
