@@ -11,21 +11,10 @@ mod example;
 
 use common::http::Server;
 use http::StatusCode;
-use http_body_util::{BodyExt, Full};
 
 async fn get(server: &Server, path: &str, user: Option<&str>) -> (StatusCode, String) {
-    let mut request = http::Request::get(format!("http://{}{path}", server.addr));
-    if let Some(user) = user {
-        request = request.header("x-authenticated-user", user);
-    }
-    let response = server
-        .client
-        .request(request.body(Full::default()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    let (status, _, body) = server.get_as(path, "x-authenticated-user", user).await;
+    (status, body)
 }
 
 /// The value of one series in a Prometheus text scrape, by its exact name and labels.

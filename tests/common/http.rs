@@ -28,9 +28,19 @@ impl Server {
         path: &str,
         user: Option<&str>,
     ) -> (StatusCode, http::HeaderMap, String) {
+        self.get_as(path, "x-user", user).await
+    }
+
+    /// `GET path`, naming `user` in the header `user_header` if given.
+    pub async fn get_as(
+        &self,
+        path: &str,
+        user_header: &str,
+        user: Option<&str>,
+    ) -> (StatusCode, http::HeaderMap, String) {
         let mut req = http::Request::get(format!("http://{}{path}", self.addr));
         if let Some(user) = user {
-            req = req.header("x-user", user);
+            req = req.header(user_header, user);
         }
         let res = self
             .client
