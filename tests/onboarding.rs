@@ -581,8 +581,13 @@ async fn a_legacy_file_is_imported_after_a_dry_run_and_backed_up(backend: Backen
         "current_step": 3,
         "is_completed": false,
         "steps": [
-            { "step_number": 1, "completed": true, "data": { "api_keys": { "gemini": l.gemini, "exa": l.exa } } },
-            { "step_number": 2, "status": "completed", "data": { "website": l.website(), "cms_token": cms_token } },
+            // The old app also kept copies of the keys under names that suggest nothing.
+            { "step_number": 1, "completed": true, "data": {
+                "api_keys": { "gemini": l.gemini, "exa": l.exa },
+                "gemini": l.gemini, "credentials": { "search": l.exa } } },
+            { "step_number": 2, "status": "completed", "data": {
+                "website": l.website(), "cms_token": cms_token,
+                "integrations": { "credentials": { "exa": l.exa }, "used": [l.gemini, "search"] } } },
             { "step_number": 3, "completed": false, "data": null },
         ],
     })
@@ -628,11 +633,18 @@ async fn a_legacy_file_is_imported_after_a_dry_run_and_backed_up(backend: Backen
         (&p["current_step"], &p["completed"]),
         (&json!(3), &json!([1, 2]))
     );
-    // The step data, without the keys and without the secret-looking member.
+    // The step data: the key step's as the app writes it, the others without the keys
+    // (under any name) and without the secret-looking member.
     assert_eq!(
         p["data"],
-        json!({ "1": {}, "2": { "website": l.website() } })
+        json!({
+            "1": { "providers": ["gemini", "exa"] },
+            "2": { "website": l.website(), "integrations": { "credentials": {}, "used": ["search"] } },
+        })
     );
+    for secret in [l.gemini.as_str(), &l.exa, cms_token] {
+        assert!(!p.to_string().contains(secret), "a legacy secret is shown");
+    }
     assert_eq!(
         vault
             .get(&l.name, "gemini")
@@ -668,6 +680,11 @@ async fn a_legacy_file_is_imported_after_a_dry_run_and_backed_up(backend: Backen
     onboard(&app, &token, &l, 2..4).await;
     let p = app.progress(&token).await;
     assert_eq!(p["done"], json!(true));
+    let done_page = app.get("/onboarding", &token).await;
+    assert!(done_page.body.contains(&l.website()), "{}", done_page.body);
+    for secret in [l.gemini.as_str(), &l.exa, cms_token] {
+        assert!(!done_page.body.contains(secret), "a legacy secret is shown");
+    }
 }
 
 fn backups(dir: &Path) -> Vec<PathBuf> {
