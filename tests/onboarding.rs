@@ -174,6 +174,18 @@ impl Reply {
 
 impl App {
     async fn call(&self, method: Method, path: &str, token: &str, form: &[(&str, &str)]) -> Reply {
+        let auth = (!token.is_empty()).then(|| (header::AUTHORIZATION, format!("Bearer {token}")));
+        self.send(method, path, auth, form).await
+    }
+
+    /// A request with one header of the caller's choice (a bearer token, a cookie).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        extra: Option<(header::HeaderName, String)>,
+        form: &[(&str, &str)],
+    ) -> Reply {
         let body: Vec<String> = form
             .iter()
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
@@ -182,8 +194,8 @@ impl App {
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if !token.is_empty() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body.join("&")))).unwrap();
         // A bound against a hung server, not a timing assertion.
@@ -826,6 +838,83 @@ async fn bad_tokens_are_refused() {
             .status,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// A browser whose cookie no longer verifies (here: the server restarted with another
+/// secret, as it does with the default random one) can still log in again: the cookie
+/// counts as none and is cleared. A bad bearer token is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cookie_never_locks_a_browser_out() {
+    let world = World::new(Backend::Sqlite).await;
+    let first = world.start(&[(
+        "ONBOARDING_TOKEN_SECRET",
+        "the secret of the first process, 32 bytes or more",
+    )]);
+    let login = first.post("/login", "", &[("user", "user-a")]).await;
+    let stale = set_cookie(&login);
+    let stale_token = login.json()["token"].as_str().unwrap().to_owned();
+    let cookie = |c: &str| Some((header::COOKIE, c.to_owned()));
+    let progress = first
+        .send(Method::GET, "/onboarding/progress", cookie(&stale), &[])
+        .await;
+    assert_eq!(progress.status, StatusCode::OK, "{}", progress.body);
+    drop(first);
+
+    let app = world.start(&[]);
+    let home = app.send(Method::GET, "/", cookie(&stale), &[]).await;
+    assert_eq!(home.status, StatusCode::OK, "{}", home.body);
+    assert_eq!(set_cookie(&home), "onboarding_token=");
+    assert!(home.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let progress = app
+        .send(Method::GET, "/onboarding/progress", cookie(&stale), &[])
+        .await;
+    assert_eq!(
+        progress.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        progress.body
+    );
+
+    let login = app
+        .send(
+            Method::POST,
+            "/login",
+            cookie(&stale),
+            &[("user", "user-a")],
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let fresh = set_cookie(&login);
+    assert_ne!(fresh, stale);
+    let progress = app
+        .send(Method::GET, "/onboarding/progress", cookie(&fresh), &[])
+        .await;
+    assert_eq!(progress.status, StatusCode::OK, "{}", progress.body);
+
+    // The same stale token as a bearer token: refused, cookie or not.
+    for extra in [None, Some(fresh.as_str())] {
+        let mut req = http::Request::builder()
+            .uri(format!("http://{}/onboarding/progress", app.addr))
+            .header(header::AUTHORIZATION, format!("Bearer {stale_token}"));
+        if let Some(c) = extra {
+            req = req.header(header::COOKIE, c);
+        }
+        let res = app
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "cookie: {extra:?}");
+    }
+}
+
+/// The `name=value` part of a response's `Set-Cookie`.
+fn set_cookie(reply: &Reply) -> String {
+    let value = reply.headers[header::SET_COOKIE].to_str().unwrap();
+    value.split(';').next().unwrap().to_owned()
 }
 
 /// Keys that fail the vault's checks are refused with the check's reason, never the key,
