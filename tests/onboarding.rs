@@ -717,6 +717,16 @@ async fn an_uploaded_env_is_kept_for_one_hour(backend: Backend) {
     let e = User::new("user-e", 0xe);
     let app = world.start(&[]);
     let token = app.login(&e.name).await;
+    // Permanent keys first: the upload replaces them with ones that expire (README step 3).
+    let permanent = User::new("permanent", 0x1f);
+    let form = [
+        ("gemini", permanent.gemini.as_str()),
+        ("exa", &permanent.exa),
+    ];
+    let reply = app.post("/onboarding/keys", &token, &form).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let listed = vault.list(&e.name).await.unwrap();
+    assert!(listed.iter().all(|k| k.expires_at.is_none()), "{listed:?}");
 
     let env = format!(
         "DEBUG=true\nGEMINI_API_KEY={}\nexport EXA_API_KEY=\"{}\"\n",
