@@ -174,6 +174,18 @@ impl Reply {
 
 impl App {
     async fn call(&self, method: Method, path: &str, token: &str, form: &[(&str, &str)]) -> Reply {
+        let auth = (!token.is_empty()).then(|| (header::AUTHORIZATION, format!("Bearer {token}")));
+        self.send(method, path, auth, form).await
+    }
+
+    /// A request with one header of the caller's choice (a bearer token, a cookie).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        extra: Option<(header::HeaderName, String)>,
+        form: &[(&str, &str)],
+    ) -> Reply {
         let body: Vec<String> = form
             .iter()
             .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
@@ -182,8 +194,8 @@ impl App {
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if !token.is_empty() {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body.join("&")))).unwrap();
         // A bound against a hung server, not a timing assertion.
@@ -581,8 +593,13 @@ async fn a_legacy_file_is_imported_after_a_dry_run_and_backed_up(backend: Backen
         "current_step": 3,
         "is_completed": false,
         "steps": [
-            { "step_number": 1, "completed": true, "data": { "api_keys": { "gemini": l.gemini, "exa": l.exa } } },
-            { "step_number": 2, "status": "completed", "data": { "website": l.website(), "cms_token": cms_token } },
+            // The old app also kept copies of the keys under names that suggest nothing.
+            { "step_number": 1, "completed": true, "data": {
+                "api_keys": { "gemini": l.gemini, "exa": l.exa },
+                "gemini": l.gemini, "credentials": { "search": l.exa } } },
+            { "step_number": 2, "status": "completed", "data": {
+                "website": l.website(), "cms_token": cms_token,
+                "integrations": { "credentials": { "exa": l.exa }, "used": [l.gemini, "search"] } } },
             { "step_number": 3, "completed": false, "data": null },
         ],
     })
@@ -628,11 +645,18 @@ async fn a_legacy_file_is_imported_after_a_dry_run_and_backed_up(backend: Backen
         (&p["current_step"], &p["completed"]),
         (&json!(3), &json!([1, 2]))
     );
-    // The step data, without the keys and without the secret-looking member.
+    // The step data: the key step's as the app writes it, the others without the keys
+    // (under any name) and without the secret-looking member.
     assert_eq!(
         p["data"],
-        json!({ "1": {}, "2": { "website": l.website() } })
+        json!({
+            "1": { "providers": ["gemini", "exa"] },
+            "2": { "website": l.website(), "integrations": { "credentials": {}, "used": ["search"] } },
+        })
     );
+    for secret in [l.gemini.as_str(), &l.exa, cms_token] {
+        assert!(!p.to_string().contains(secret), "a legacy secret is shown");
+    }
     assert_eq!(
         vault
             .get(&l.name, "gemini")
@@ -668,6 +692,11 @@ async fn a_legacy_file_is_imported_after_a_dry_run_and_backed_up(backend: Backen
     onboard(&app, &token, &l, 2..4).await;
     let p = app.progress(&token).await;
     assert_eq!(p["done"], json!(true));
+    let done_page = app.get("/onboarding", &token).await;
+    assert!(done_page.body.contains(&l.website()), "{}", done_page.body);
+    for secret in [l.gemini.as_str(), &l.exa, cms_token] {
+        assert!(!done_page.body.contains(secret), "a legacy secret is shown");
+    }
 }
 
 fn backups(dir: &Path) -> Vec<PathBuf> {
@@ -688,6 +717,16 @@ async fn an_uploaded_env_is_kept_for_one_hour(backend: Backend) {
     let e = User::new("user-e", 0xe);
     let app = world.start(&[]);
     let token = app.login(&e.name).await;
+    // Permanent keys first: the upload replaces them with ones that expire (README step 3).
+    let permanent = User::new("permanent", 0x1f);
+    let form = [
+        ("gemini", permanent.gemini.as_str()),
+        ("exa", &permanent.exa),
+    ];
+    let reply = app.post("/onboarding/keys", &token, &form).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let listed = vault.list(&e.name).await.unwrap();
+    assert!(listed.iter().all(|k| k.expires_at.is_none()), "{listed:?}");
 
     let env = format!(
         "DEBUG=true\nGEMINI_API_KEY={}\nexport EXA_API_KEY=\"{}\"\n",
@@ -809,6 +848,83 @@ async fn bad_tokens_are_refused() {
             .status,
         StatusCode::BAD_REQUEST
     );
+}
+
+/// A browser whose cookie no longer verifies (here: the server restarted with another
+/// secret, as it does with the default random one) can still log in again: the cookie
+/// counts as none and is cleared. A bad bearer token is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cookie_never_locks_a_browser_out() {
+    let world = World::new(Backend::Sqlite).await;
+    let first = world.start(&[(
+        "ONBOARDING_TOKEN_SECRET",
+        "the secret of the first process, 32 bytes or more",
+    )]);
+    let login = first.post("/login", "", &[("user", "user-a")]).await;
+    let stale = set_cookie(&login);
+    let stale_token = login.json()["token"].as_str().unwrap().to_owned();
+    let cookie = |c: &str| Some((header::COOKIE, c.to_owned()));
+    let progress = first
+        .send(Method::GET, "/onboarding/progress", cookie(&stale), &[])
+        .await;
+    assert_eq!(progress.status, StatusCode::OK, "{}", progress.body);
+    drop(first);
+
+    let app = world.start(&[]);
+    let home = app.send(Method::GET, "/", cookie(&stale), &[]).await;
+    assert_eq!(home.status, StatusCode::OK, "{}", home.body);
+    assert_eq!(set_cookie(&home), "onboarding_token=");
+    assert!(home.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let progress = app
+        .send(Method::GET, "/onboarding/progress", cookie(&stale), &[])
+        .await;
+    assert_eq!(
+        progress.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        progress.body
+    );
+
+    let login = app
+        .send(
+            Method::POST,
+            "/login",
+            cookie(&stale),
+            &[("user", "user-a")],
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.body);
+    let fresh = set_cookie(&login);
+    assert_ne!(fresh, stale);
+    let progress = app
+        .send(Method::GET, "/onboarding/progress", cookie(&fresh), &[])
+        .await;
+    assert_eq!(progress.status, StatusCode::OK, "{}", progress.body);
+
+    // The same stale token as a bearer token: refused, cookie or not.
+    for extra in [None, Some(fresh.as_str())] {
+        let mut req = http::Request::builder()
+            .uri(format!("http://{}/onboarding/progress", app.addr))
+            .header(header::AUTHORIZATION, format!("Bearer {stale_token}"));
+        if let Some(c) = extra {
+            req = req.header(header::COOKIE, c);
+        }
+        let res = app
+            .client
+            .request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "cookie: {extra:?}");
+    }
+}
+
+/// The `name=value` part of a response's `Set-Cookie`.
+fn set_cookie(reply: &Reply) -> String {
+    let value = reply.headers[header::SET_COOKIE].to_str().unwrap();
+    value.split(';').next().unwrap().to_owned()
 }
 
 /// Keys that fail the vault's checks are refused with the check's reason, never the key,

@@ -189,6 +189,10 @@ struct EnvUpload {
 
 /// `POST /onboarding/keys/env` (`env=<the .env text>`): the keys in an uploaded `.env`,
 /// stored for one hour, as the old app's session store held them.
+///
+/// They replace the user's keys for the same providers, permanent ones included: after
+/// the hour the user has no `gemini` or `exa` key and the gate sends them back to the
+/// key step. `POST /onboarding/keys` is the way to keep a key.
 async fn upload_env(
     State(state): State<AppState>,
     Extension(claims): Extension<Claims>,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
@@ -90,23 +90,41 @@ impl Tokens {
     }
 }
 
-/// The middleware: a valid token puts [`Claims`] into the request; an invalid one is
-/// answered 401; no token at all goes on without claims (the routes that need a user
-/// answer 401 themselves).
+/// The middleware: a valid token puts [`Claims`] into the request; an invalid bearer
+/// token is answered 401; no token at all goes on without claims (the routes that need
+/// a user answer 401 themselves).
+///
+/// An invalid cookie counts as no token, and the response clears it: after a restart
+/// with a new random secret, or once it expires, the browser must still reach `/` and
+/// `/login` to get a new one, not meet 401 everywhere until the cookie's `Max-Age`.
 pub(crate) async fn authenticate(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let token = bearer(req.headers()).or_else(|| cookie(req.headers()));
-    if let Some(token) = token {
+    if let Some(token) = bearer(req.headers()) {
         let Some(claims) = state.tokens.verify(token) else {
             return ApiError(StatusCode::UNAUTHORIZED, "invalid or expired token".into())
                 .into_response();
         };
         req.extensions_mut().insert(claims);
+        return next.run(req).await;
     }
-    next.run(req).await
+    let Some(token) = cookie(req.headers()) else {
+        return next.run(req).await;
+    };
+    if let Some(claims) = state.tokens.verify(token) {
+        req.extensions_mut().insert(claims);
+        return next.run(req).await;
+    }
+    let mut response = next.run(req).await;
+    // Unless the response sets a new one (`POST /login`), the stale cookie is cleared.
+    if !response.headers().contains_key(header::SET_COOKIE) {
+        let clear = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+        let clear = HeaderValue::try_from(clear).expect("the cookie name is a valid header");
+        response.headers_mut().insert(header::SET_COOKIE, clear);
+    }
+    response
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -155,6 +173,9 @@ pub(crate) async fn login(
         return Err(ApiError(StatusCode::BAD_REQUEST, msg.into()));
     }
     let token = state.tokens.mint(&login.user);
+    // Served over HTTPS (as any real deployment is), add `Secure` so that the browser
+    // never sends the token over plain HTTP. The demo leaves it out only because it
+    // listens on plain `http://127.0.0.1`, where browsers would drop a `Secure` cookie.
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         state.tokens.ttl.as_secs()

@@ -4,17 +4,19 @@
 //! dry run first, which writes nothing; then, when asked, the import, which verifies
 //! every key and keeps a backup of the file before removing it. The rest of the file
 //! (the current step, the completed steps and their data) goes into the app's tables,
-//! with every secret-looking member left out. A file that cannot be imported with
+//! without the key step's data (it holds the keys, under whatever names the old app
+//! chose), without any value equal to one of the file's keys, and without every
+//! secret-looking member. A file that cannot be imported with
 //! certainty (malformed, or keys that differ from the user's stored ones) stops the
 //! start with the importer's error, which names places in the file, never values.
 
 use std::error::Error;
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tower_byok::import::{self, ApplyOptions, LegacyFormat};
 
-use super::app::{AppState, DONE, STEPS};
+use super::app::{AppState, DONE, REQUIRED, STEPS};
 use super::db::Progress;
 
 /// Imports `path` if it exists, for `user`: the old app shared one file, so it names no
@@ -68,14 +70,18 @@ pub(crate) async fn import_on_start(
 /// without secrets. Steps this app does not have are left out.
 fn read_progress(path: &Path) -> Result<Progress, Box<dyn Error>> {
     let root: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let mut keys = Vec::new();
+    collect_keys(&root, &mut keys);
     let mut progress = Progress::default();
     for step in root["steps"].as_array().into_iter().flatten() {
         let completed = step["completed"] == true || step["status"] == "completed";
         let number = step["step_number"].as_i64().unwrap_or(0);
         if completed && STEPS.iter().any(|s| s.number == number) {
             let data = match &step["data"] {
+                // The key step: what `finish_key_step` writes, never the old data.
+                _ if number == 1 => json!({ "providers": REQUIRED }),
                 Value::Null => Value::Object(serde_json::Map::new()),
-                data => without_secrets(data),
+                data => without_secrets(data, &keys),
             };
             progress.steps.insert(number, data);
         }
@@ -89,20 +95,54 @@ fn read_progress(path: &Path) -> Result<Progress, Box<dyn Error>> {
     Ok(progress)
 }
 
-/// `data` without `api_keys` or any member whose name suggests a secret, at any depth.
-fn without_secrets(data: &Value) -> Value {
+/// Every string under an `api_keys` member of the file, at any depth: the keys the
+/// importer takes, so that no copy of one stays in the step data.
+fn collect_keys<'a>(value: &'a Value, keys: &mut Vec<&'a str>) {
+    match value {
+        Value::Object(members) => {
+            for (name, value) in members {
+                if name == "api_keys" {
+                    collect_strings(value, keys);
+                } else {
+                    collect_keys(value, keys);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_keys(v, keys)),
+        _ => {}
+    }
+}
+
+fn collect_strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+    match value {
+        Value::String(s) if !s.trim().is_empty() => out.push(s.trim()),
+        Value::Object(members) => members.values().for_each(|v| collect_strings(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// `data` without any member whose name suggests a secret, and without any string equal
+/// to one of `keys`, at any depth.
+fn without_secrets(data: &Value, keys: &[&str]) -> Value {
     const SECRET_WORDS: [&str; 4] = ["key", "secret", "token", "password"];
+    let is_key = |v: &Value| v.as_str().is_some_and(|s| keys.contains(&s.trim()));
     match data {
         Value::Object(members) => Value::Object(
             (members.iter())
-                .filter(|(name, _)| {
+                .filter(|(name, value)| {
                     let name = name.to_ascii_lowercase();
-                    !SECRET_WORDS.iter().any(|w| name.contains(w))
+                    !SECRET_WORDS.iter().any(|w| name.contains(w)) && !is_key(value)
                 })
-                .map(|(name, value)| (name.clone(), without_secrets(value)))
+                .map(|(name, value)| (name.clone(), without_secrets(value, keys)))
                 .collect(),
         ),
-        Value::Array(items) => Value::Array(items.iter().map(without_secrets).collect()),
+        Value::Array(items) => Value::Array(
+            (items.iter())
+                .filter(|v| !is_key(v))
+                .map(|v| without_secrets(v, keys))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
