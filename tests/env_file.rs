@@ -405,6 +405,29 @@ fn grammar_unquoted_values_trim_and_end_at_a_comment_after_a_blank() {
     assert_eq!(value(r"OPENAI_API_KEY=sk-a\nb\\"), r"sk-a\nb\\");
 }
 
+/// The blank after `=` counts: `NAME= #x` is an empty value and a comment, so a
+/// placeholder left in a template is skipped, never stored over the user's real key;
+/// `NAME=#x` (no blank) is the value `#x`. Both as python-dotenv reads them.
+#[test]
+fn grammar_a_comment_after_the_blank_after_the_equal_sign_leaves_the_value_empty() {
+    for text in [
+        "OPENAI_API_KEY= # paste yours",
+        "OPENAI_API_KEY=\t#x",
+        "OPENAI_API_KEY =  #x",
+        "export OPENAI_API_KEY= #x",
+    ] {
+        let keys = parse(text);
+        assert!(keys.is_empty(), "{text:?}");
+        assert_eq!(
+            keys.skipped().collect::<Vec<_>>(),
+            ["OPENAI_API_KEY"],
+            "{text:?}"
+        );
+    }
+    assert_eq!(value("OPENAI_API_KEY=#x"), "#x");
+    assert_eq!(value("OPENAI_API_KEY = #x\nOPENAI_API_KEY=#x"), "#x");
+}
+
 #[test]
 fn grammar_single_quotes_are_literal() {
     assert_eq!(value(r"OPENAI_API_KEY='sk-a\n\' # x'"), r"sk-a\n\");
