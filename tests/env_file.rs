@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use common::{keyring, Backend, Opts, TestDb};
 use tower_byok::check;
 use tower_byok::env_file::{self, EnvKeys, EnvMapping};
-use tower_byok::{AuditAction, ErrorKind, Vault};
+use tower_byok::store::{AuditStore, KeyStore, StoredKey};
+use tower_byok::{AuditAction, AuditRecord, ErrorKind, SqliteStore, Vault};
 
 per_backend!(
     parsed_keys_are_stored_with_an_expiry_and_then_expire,
@@ -243,10 +244,14 @@ async fn a_database_failure_midway_takes_back_the_keys_written() {
     assert_eq!(err.kind(), ErrorKind::Store);
     let message = err.to_string();
     assert!(message.contains("key 3 of 3"), "{message}");
+    // The refused key never landed, and had no row before: counted in none of these.
     assert!(
-        message.contains("the 2 written before it were taken back"),
+        message.contains(
+            "2 restored, 0 left because another write replaced them, 0 could not be restored"
+        ),
         "{message}"
     );
+    assert!(!message.contains("store the keys again"), "{message}");
     assert!(
         !message.contains(OPENAI) && !message.contains(EXA),
         "{message}"
@@ -256,8 +261,166 @@ async fn a_database_failure_midway_takes_back_the_keys_written() {
     assert!(trail
         .iter()
         .any(|r| r.provider == "groq" && r.action == AuditAction::Delete));
+    assert!(!trail.iter().any(|r| r.provider == "exa"));
     let reopened = db.open(keyring()).await.unwrap();
     assert_eq!(stored(&reopened, "alice").await, start);
+}
+
+/// A real SQLite store with faults: the write of `lose_reply` lands but reports a lost
+/// connection (as when the link drops during the commit), after first deleting
+/// `delete_first` (another write, landing meanwhile); deleting `refuse_delete` fails
+/// without touching the database.
+struct Faulty {
+    inner: SqliteStore,
+    lose_reply: &'static str,
+    delete_first: Option<&'static str>,
+    refuse_delete: Option<&'static str>,
+}
+
+impl KeyStore for Faulty {
+    async fn migrate(&self) -> tower_byok::Result<()> {
+        self.inner.migrate().await
+    }
+    async fn fetch_user(&self, user_id: &str) -> tower_byok::Result<Vec<StoredKey>> {
+        self.inner.fetch_user(user_id).await
+    }
+    async fn fetch_key(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> tower_byok::Result<Option<StoredKey>> {
+        self.inner.fetch_key(user_id, provider).await
+    }
+    async fn upsert(
+        &self,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> tower_byok::Result<AuditAction> {
+        let action = self.inner.upsert(row, audit, max_providers).await?;
+        if row.provider != self.lose_reply {
+            return Ok(action);
+        }
+        if let Some(other) = self.delete_first {
+            self.inner.delete(&row.user_id, Some(other), audit).await?;
+        }
+        Err(tower_byok::Error::store(
+            "connection lost during the commit",
+        ))
+    }
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> tower_byok::Result<Vec<String>> {
+        if provider.is_some() && provider == self.refuse_delete {
+            return Err(tower_byok::Error::store("connection refused"));
+        }
+        self.inner.delete(user_id, provider, audit).await
+    }
+    async fn check_records(&self) -> tower_byok::Result<Vec<(String, Vec<u8>)>> {
+        self.inner.check_records().await
+    }
+    async fn add_check_records(
+        &self,
+        records: &[(&str, Vec<u8>)],
+        at: i64,
+        only_if_none: bool,
+    ) -> tower_byok::Result<usize> {
+        self.inner
+            .add_check_records(records, at, only_if_none)
+            .await
+    }
+    async fn key_usage(&self) -> tower_byok::Result<Vec<(String, i64)>> {
+        self.inner.key_usage().await
+    }
+    fn audit(&self) -> Option<&impl AuditStore> {
+        self.inner.audit()
+    }
+}
+
+/// Alice's keys before each faulty upload: openai and gemini.
+async fn faulty_vault(db: &TestDb, faults: Faulty) -> (Vault, Vec<(String, String)>) {
+    let plain = db.open(keyring()).await.unwrap();
+    plain
+        .put("alice", "openai", "sk-proj-old-0123456789")
+        .await
+        .unwrap();
+    plain
+        .put("alice", "gemini", "AIza-old-0123456789")
+        .await
+        .unwrap();
+    let start = stored(&plain, "alice").await;
+    (Vault::open(faults, keyring()).await.unwrap(), start)
+}
+
+async fn sqlite(db: &TestDb) -> SqliteStore {
+    SqliteStore::open(db.sqlite_path()).await.unwrap()
+}
+
+/// The last write lands but its reply is lost: it is taken back with the others, so
+/// nothing of the upload stays, as the error says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_landed_before_its_error_is_taken_back_too() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let faults = Faulty {
+        inner: sqlite(&db).await,
+        lose_reply: "exa",
+        delete_first: None,
+        refuse_delete: None,
+    };
+    let (vault, start) = faulty_vault(&db, faults).await;
+    let keys = parse(&format!(
+        "OPENAI_API_KEY={OPENAI}\nGROQ_API_KEY=gsk-new-0123456789\nEXA_API_KEY={EXA}\n"
+    ));
+    let err = vault.put_env_keys("alice", &keys, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store);
+    let message = err.to_string();
+    assert!(message.contains("key 3 of 3"), "{message}");
+    assert!(message.contains("3 restored, 0 left"), "{message}");
+    assert!(!message.contains(OPENAI) && !message.contains(EXA));
+    assert_eq!(stored(&vault, "alice").await, start);
+}
+
+/// Each key taken back is counted as what happened to it: restored, left because
+/// another write replaced it, or not restored; the error holds the numbers, never a
+/// value or the user id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_take_back_error_counts_what_was_restored_left_and_lost() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let faults = Faulty {
+        inner: sqlite(&db).await,
+        lose_reply: "exa",
+        // Another write deletes the openai key the upload replaced: it stays deleted.
+        delete_first: Some("openai"),
+        // The new groq key cannot be deleted: it stays written.
+        refuse_delete: Some("groq"),
+    };
+    let (vault, _) = faulty_vault(&db, faults).await;
+    let keys = parse(&format!(
+        "OPENAI_API_KEY={OPENAI}\nGROQ_API_KEY=gsk-new-0123456789\nEXA_API_KEY={EXA}\n"
+    ));
+    let err = vault.put_env_keys("alice", &keys, None).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(
+            "1 restored, 1 left because another write replaced them, 1 could not be restored; \
+             store the keys again"
+        ),
+        "{message}"
+    );
+    for secret in [OPENAI, EXA, "gsk-new-0123456789", "alice"] {
+        assert!(!message.contains(secret), "{message}");
+        assert!(!format!("{err:?}").contains(secret), "{err:?}");
+    }
+    assert_eq!(
+        stored(&vault, "alice").await,
+        [
+            ("gemini".to_owned(), "AIza-old-0123456789".to_owned()),
+            ("groq".to_owned(), "gsk-new-0123456789".to_owned()),
+        ]
+    );
 }
 
 #[test]
@@ -403,6 +566,29 @@ fn grammar_unquoted_values_trim_and_end_at_a_comment_after_a_blank() {
     assert_eq!(value("OPENAI_API_KEY=sk-a\t#mine"), "sk-a");
     assert_eq!(value("OPENAI_API_KEY=sk-a#b"), "sk-a#b");
     assert_eq!(value(r"OPENAI_API_KEY=sk-a\nb\\"), r"sk-a\nb\\");
+}
+
+/// The blank after `=` counts: `NAME= #x` is an empty value and a comment, so a
+/// placeholder left in a template is skipped, never stored over the user's real key;
+/// `NAME=#x` (no blank) is the value `#x`. Both as python-dotenv reads them.
+#[test]
+fn grammar_a_comment_after_the_blank_after_the_equal_sign_leaves_the_value_empty() {
+    for text in [
+        "OPENAI_API_KEY= # paste yours",
+        "OPENAI_API_KEY=\t#x",
+        "OPENAI_API_KEY =  #x",
+        "export OPENAI_API_KEY= #x",
+    ] {
+        let keys = parse(text);
+        assert!(keys.is_empty(), "{text:?}");
+        assert_eq!(
+            keys.skipped().collect::<Vec<_>>(),
+            ["OPENAI_API_KEY"],
+            "{text:?}"
+        );
+    }
+    assert_eq!(value("OPENAI_API_KEY=#x"), "#x");
+    assert_eq!(value("OPENAI_API_KEY = #x\nOPENAI_API_KEY=#x"), "#x");
 }
 
 #[test]

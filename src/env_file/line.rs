@@ -75,7 +75,8 @@ pub(super) fn parse_line(line: &str) -> Result<Option<(&str, Zeroizing<String>)>
     if !name_ok {
         return Err(EXPECTED_ASSIGNMENT);
     }
-    let rest = rest.trim_start_matches([' ', '\t']);
+    let raw = rest;
+    let rest = raw.trim_start_matches([' ', '\t']);
     let value = if let Some(quoted) = rest.strip_prefix('"') {
         // Room for the whole value up front: a reallocation would leave a copy behind.
         let mut value = Zeroizing::new(String::with_capacity(quoted.len()));
@@ -105,12 +106,14 @@ pub(super) fn parse_line(line: &str) -> Result<Option<(&str, Zeroizing<String>)>
         after_quote(&quoted[end + 1..])?;
         Zeroizing::new(quoted[..end].to_owned())
     } else {
-        // `#` starts a comment only after whitespace, so `a#b` is a value.
-        let bytes = rest.as_bytes();
+        // `#` starts a comment only after a blank, so `a#b` and `=#b` are values. The
+        // scan runs over the value before its leading blanks are trimmed, so the blank
+        // between `=` and `#` counts: `= #b` is a comment and the value is empty.
+        let bytes = raw.as_bytes();
         let end = (1..bytes.len())
             .find(|&i| bytes[i] == b'#' && matches!(bytes[i - 1], b' ' | b'\t'))
             .unwrap_or(bytes.len());
-        Zeroizing::new(rest[..end].trim().to_owned())
+        Zeroizing::new(raw[..end].trim().to_owned())
     };
     Ok(Some((name, value)))
 }
@@ -153,6 +156,8 @@ mod tests {
         assert_eq!(line("A=b # comment"), pair("A", "b"));
         assert_eq!(line("A=b#c"), pair("A", "b#c"));
         assert_eq!(line("A=#b"), pair("A", "#b"));
+        assert_eq!(line("A= #b"), pair("A", ""));
+        assert_eq!(line("A =\t#b"), pair("A", ""));
         assert_eq!(line("A=\"b c\" # comment"), pair("A", "b c"));
         assert_eq!(line("A=\"b#c\""), pair("A", "b#c"));
         assert_eq!(

@@ -48,7 +48,9 @@
 //!   error.
 //! - **Unquoted values** run to the end of the line, blanks at either end trimmed; a
 //!   `#` after a blank starts a comment (`a #b` is `a`), elsewhere it is part of the
-//!   value (`a#b`). A backslash is an ordinary character.
+//!   value (`a#b`). The blank may be the one after `=`: `NAME= #b` is an empty value
+//!   with a comment (so `OPENAI_API_KEY= # paste yours` is skipped), while `NAME=#b` is
+//!   `#b`, as python-dotenv reads both. A backslash is an ordinary character.
 //! - **Single-quoted values** (`'...'`) are taken as written, backslashes included, up
 //!   to the next `'`.
 //! - **Double-quoted values** (`"..."`) resolve the escapes `\n`, `\r`, `\t`, `\"`,

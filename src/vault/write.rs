@@ -61,11 +61,18 @@ impl Vault {
     /// away, as [`put`](Self::put)).
     ///
     /// The store writes one key per transaction, so a database failure midway leaves
-    /// the earlier keys written. The vault then takes them back: each is restored to the
-    /// user's key before the call (or deleted, if there was none), unless another write
-    /// replaced it meanwhile, and audited as such. If that fails too (the database is
-    /// gone), the error says how many keys stay written; calling again with the same
-    /// keys completes the upload.
+    /// the earlier keys written, and maybe the failing one too (a connection lost during
+    /// its commit). The vault then takes them all back, newest first: each is restored to
+    /// the user's key before the call (or deleted, if there was none), unless another
+    /// write replaced it meanwhile, and audited as such. The error says how many keys were
+    /// restored, how many were left because another write replaced them, and how many
+    /// could not be restored (the database is gone); calling again with the same keys
+    /// completes the upload.
+    ///
+    /// The take-back checks each key and then restores it in two steps, one right after
+    /// the other, because the store has no compare-and-swap: a concurrent write to the
+    /// same user and provider that lands in the instant between the check and the
+    /// restore is overwritten by the restore.
     ///
     /// # Errors
     ///
@@ -140,17 +147,25 @@ impl Vault {
                 }
                 for (written, row) in rows.iter().enumerate() {
                     if let Err(e) = inner.store.upsert(row, &audit, max).await {
-                        let undone = take_back(&inner, &before, &rows[..written], &audit).await;
-                        let outcome = match undone {
-                            Ok(()) => "taken back",
-                            Err(_) => "left written; store the keys again",
+                        // The failing write may have landed (a reply lost after its
+                        // commit): take it back too; if it did not, its row is as before
+                        // and `take_back` leaves it.
+                        let undone = take_back(&inner, &before, &rows[..=written], &audit).await;
+                        let again = if undone.failed > 0 {
+                            "; store the keys again to complete the upload"
+                        } else {
+                            ""
                         };
                         return Err(Error::new(e.kind())
                             .with_detail(format!(
-                                "writing key {} of {} failed ({e}); the {written} written \
-                                 before it were {outcome}",
+                                "writing key {} of {} failed ({e}); taking back the keys \
+                                 written: {} restored, {} left because another write \
+                                 replaced them, {} could not be restored{again}",
                                 written + 1,
-                                rows.len()
+                                rows.len(),
+                                undone.restored,
+                                undone.replaced,
+                                undone.failed,
                             ))
                             .with_source(e));
                     }
@@ -367,38 +382,74 @@ impl Vault {
     }
 }
 
-/// Takes back the keys [`Vault::put_env_keys`] wrote before a failure, newest first:
-/// each goes back to its row in `before`, or is deleted if it had none, unless another
-/// write replaced it since (its sealed bytes differ: every seal has a fresh nonce).
+/// What [`take_back`] did with the keys it was given. A key found as it was before the
+/// call (its write never landed) counts in none of these.
+#[derive(Default)]
+struct TakenBack {
+    /// Restored to the user's earlier key, or deleted if he had none.
+    restored: usize,
+    /// Left alone: another write replaced or deleted it since.
+    replaced: usize,
+    /// Still written: checking or restoring it failed.
+    failed: usize,
+}
+
+/// What [`take_back`] found, or did, for one key.
+enum Undo {
+    /// The row is as before the call: the write never landed.
+    AsBefore,
+    /// Another write replaced or deleted the row since: left alone.
+    Replaced,
+    /// Put back to the earlier row, or deleted.
+    Restored,
+}
+
+/// Takes back the keys [`Vault::put_env_keys`] wrote (or may have written) before a
+/// failure, newest first: each goes back to its row in `before`, or is deleted if it had
+/// none. A key whose row is no longer the one written (its sealed bytes differ: every
+/// seal has a fresh nonce) is left alone: either its write never landed (the row is as
+/// in `before`, or absent as there), or another write replaced it since.
+///
+/// Each key is checked right before it is restored, so the window a concurrent write
+/// can fall into is one round trip; closing it needs a compare-and-swap in the store.
 async fn take_back(
     inner: &Inner,
     before: &[StoredKey],
     written: &[StoredKey],
     audit: &AuditRecord,
-) -> Result<()> {
-    let mut result = Ok(());
+) -> TakenBack {
+    let mut taken = TakenBack::default();
     for row in written.iter().rev() {
+        let old = before.iter().find(|b| b.provider == row.provider);
         let undone = async {
             let current = inner.store.fetch_key(&row.user_id, &row.provider).await?;
-            if current.is_none_or(|c| c.sealed != row.sealed) {
-                return Ok(());
+            match current {
+                Some(c) if c.sealed == row.sealed => {}
+                // Never landed: as it was before the call.
+                None if old.is_none() => return Ok(Undo::AsBefore),
+                Some(c) if old.is_some_and(|o| o.sealed == c.sealed) => return Ok(Undo::AsBefore),
+                _ => return Ok(Undo::Replaced),
             }
-            match before.iter().find(|b| b.provider == row.provider) {
+            match old {
                 Some(old) => inner
                     .store
                     .upsert(old, audit, inner.max_providers)
                     .await
-                    .map(drop),
+                    .map(drop)?,
                 None => inner
                     .store
                     .delete(&row.user_id, Some(&row.provider), audit)
                     .await
-                    .map(drop),
+                    .map(drop)?,
             }
+            Ok::<_, Error>(Undo::Restored)
         };
-        if let Err(e) = undone.await {
-            result = Err(e);
+        match undone.await {
+            Ok(Undo::AsBefore) => {}
+            Ok(Undo::Restored) => taken.restored += 1,
+            Ok(Undo::Replaced) => taken.replaced += 1,
+            Err(_) => taken.failed += 1,
         }
     }
-    result
+    taken
 }
