@@ -59,6 +59,10 @@ pub enum ErrorKind {
     /// malformed or ambiguous, a key did not read back as imported, or removing the source
     /// was refused.
     Import,
+    /// A `.env` text given to [`env_file::parse`](crate::env_file::parse) (an upload, say)
+    /// is malformed, or sets two different keys for one provider; the message names the
+    /// line or lines, never a value.
+    InvalidEnvFile,
 }
 
 impl ErrorKind {
@@ -80,6 +84,7 @@ impl ErrorKind {
             Self::Timeout => "operation timed out",
             Self::Unsupported => "the key store does not support this operation",
             Self::Import => "legacy import error",
+            Self::InvalidEnvFile => "malformed .env text",
         }
     }
 }

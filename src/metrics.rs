@@ -258,5 +258,6 @@ fn kind_label(kind: ErrorKind) -> &'static str {
         ErrorKind::Timeout => "timeout",
         ErrorKind::Unsupported => "unsupported",
         ErrorKind::Import => "import",
+        ErrorKind::InvalidEnvFile => "invalid_env_file",
     }
 }

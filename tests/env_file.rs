@@ -477,10 +477,10 @@ fn malformed_lines_are_refused_by_number_without_their_text() {
     ] {
         let text = format!("# keys\nDEBUG=1\n{line}\nEXA_API_KEY={EXA}\n");
         let err = refused(&text, &vars, &["secret", "0123456789"]);
-        assert_eq!(err.kind(), ErrorKind::Import, "{line}");
+        assert_eq!(err.kind(), ErrorKind::InvalidEnvFile, "{line}");
         assert_eq!(
             err.to_string(),
-            format!("legacy import error: line 3: {what}"),
+            format!("malformed .env text: line 3: {what}"),
             "{line}"
         );
     }
@@ -492,7 +492,7 @@ fn two_keys_for_one_provider_must_agree() {
     let text =
         "GEMINI_API_KEY=AIza-first-0123456789\nDEBUG=1\nGOOGLE_API_KEY=AIza-second-0123456789\n";
     let err = refused(text, &vars, &["first", "second"]);
-    assert_eq!(err.kind(), ErrorKind::Import);
+    assert_eq!(err.kind(), ErrorKind::InvalidEnvFile);
     let message = err.to_string();
     assert!(message.contains("ambiguous input"), "{message}");
     assert!(message.contains("line 1 (GEMINI_API_KEY)"), "{message}");
@@ -503,7 +503,7 @@ fn two_keys_for_one_provider_must_agree() {
         &vars,
         &["sk-a", "sk-b"],
     );
-    assert_eq!(err.kind(), ErrorKind::Import);
+    assert_eq!(err.kind(), ErrorKind::InvalidEnvFile);
 
     // The same key twice is one key; the later variable is skipped.
     let keys = parse("GEMINI_API_KEY=AIza-same-0123456789\nGOOGLE_API_KEY=AIza-same-0123456789\n");
@@ -630,7 +630,7 @@ fn grammar_multi_line_values_are_refused() {
         let err = refused(text, &EnvMapping::new(), &["first", "second"]);
         assert_eq!(
             err.to_string(),
-            "legacy import error: line 1: unterminated quoted value"
+            "malformed .env text: line 1: unterminated quoted value"
         );
     }
     assert_eq!(

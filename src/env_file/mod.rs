@@ -70,7 +70,7 @@
 //! or one variable twice) hold the same key, the later is skipped; when they hold
 //! different keys, the text is refused as ambiguous, naming both lines.
 //!
-//! Errors name lines and variables, never a value: [`ErrorKind::Import`] for a
+//! Errors name lines and variables, never a value: [`ErrorKind::InvalidEnvFile`] for a
 //! malformed or ambiguous text, [`ErrorKind::InvalidSecret`] for a value that cannot be
 //! a key (longer than [`MAX_SECRET_LEN`], or a Fernet token the
 //! old app encrypted keys with).
@@ -96,7 +96,7 @@ pub use mapping::EnvMapping;
 ///
 /// # Errors
 ///
-/// [`ErrorKind::Import`] for a malformed line or two different keys for one provider
+/// [`ErrorKind::InvalidEnvFile`] for a malformed line or two different keys for one provider
 /// (the message names the lines); [`ErrorKind::InvalidSecret`] for a value longer than
 /// 16 KiB or one that looks encrypted by the old app (naming the line). No error holds a
 /// value or a line's text.
@@ -104,7 +104,8 @@ pub fn parse(text: &str, mapping: &EnvMapping) -> Result<EnvKeys> {
     let mut found = EnvKeys::default();
     for assignment in assignments(text) {
         let assignment = assignment.map_err(|e| {
-            Error::new(ErrorKind::Import).with_detail(format!("line {}: {}", e.line, e.what))
+            Error::new(ErrorKind::InvalidEnvFile)
+                .with_detail(format!("line {}: {}", e.line, e.what))
         })?;
         let name = assignment.name;
         let Some(provider) = mapping.provider_for(name) else {
@@ -129,7 +130,7 @@ pub fn parse(text: &str, mapping: &EnvMapping) -> Result<EnvKeys> {
         }
         if let Some(earlier) = found.keys.iter().find(|k| k.key.provider() == provider) {
             if earlier.key.expose_secret() != secret {
-                return Err(Error::new(ErrorKind::Import).with_detail(format!(
+                return Err(Error::new(ErrorKind::InvalidEnvFile).with_detail(format!(
                     "ambiguous input: {} and {origin} hold different keys for provider \
                      `{provider}`; remove one",
                     earlier.origin
