@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -183,18 +184,47 @@ fn in_memory_app(_vault: Vault) -> Router {
 /// Keys handed from a middleware to the handler through one shared slot: right one
 /// request at a time, wrong as soon as two are in flight.
 fn shared_slot_app(vault: Vault) -> Router {
-    type Slot = Arc<Mutex<UserKeys>>;
-    async fn chat(State(slot): State<Slot>, keys: UserKeys) -> String {
-        *slot.lock().unwrap() = keys;
-        tokio::task::yield_now().await; // e.g. a database call in between
-        let keys = slot.lock().unwrap().clone();
+    /// The slot every request writes its keys into and reads them back from; how many
+    /// requests are in flight, and how many of those have written the slot and wait.
+    #[derive(Clone, Default)]
+    struct Shared {
+        slot: Arc<Mutex<UserKeys>>,
+        in_flight: Arc<AtomicUsize>,
+        parked: Arc<AtomicUsize>,
+    }
+    async fn count(State(shared): State<Shared>, req: Request, next: Next) -> Response {
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let response = next.run(req).await;
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        response
+    }
+    async fn chat(State(shared): State<Shared>, keys: UserKeys) -> String {
+        *shared.slot.lock().unwrap() = keys;
+        shared.parked.fetch_add(1, Ordering::SeqCst);
+        // "A database call in between", which lasts until every request in flight has
+        // written the slot too: requests that overlap always clobber each other, so the
+        // bug shows whenever the check has two users' requests in flight at once, however
+        // the loads before the handler happen to finish. Alone, a request goes on at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let everyone =
+                shared.parked.load(Ordering::SeqCst) >= shared.in_flight.load(Ordering::SeqCst);
+            if everyone || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        let keys = shared.slot.lock().unwrap().clone();
+        shared.parked.fetch_sub(1, Ordering::SeqCst);
         show(&keys)
     }
+    let shared = Shared::default();
     Router::new()
         .route("/chat", post(chat))
-        .with_state(Slot::default())
+        .with_state(shared.clone())
         .layer(byok(vault))
         .layer(middleware::from_fn(auth))
+        .layer(middleware::from_fn_with_state(shared, count))
 }
 
 /// The failures of `report`, without their masked keys and details, to compare.
