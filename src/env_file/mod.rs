@@ -28,7 +28,7 @@
 //!
 //! // A malformed line is refused by number, never quoted.
 //! let err = env_file::parse("OPENAI_API_KEY=\"sk-unterminated", &EnvMapping::new()).unwrap_err();
-//! assert_eq!(err.to_string(), "legacy import error: line 1: unterminated quoted value");
+//! assert_eq!(err.to_string(), "malformed .env text: line 1: unterminated quoted value");
 //! # Ok(()) }
 //! ```
 //!
