@@ -239,7 +239,7 @@ pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 pub use crate::middleware::{Byok, ByokBody, ByokLayer, DevEnvFallback, Rejection, ResponseFuture};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use crate::store::postgres::PostgresStore;
+pub use crate::store::postgres::{PoolMode, PostgresStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use crate::store::sqlite::SqliteStore;

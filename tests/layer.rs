@@ -37,6 +37,16 @@ per_backend!(
     every_rejection_carries_its_kind_and_takes_a_custom_body,
 );
 
+// The same tests through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(
+    each_user_sees_only_their_own_keys,
+    two_thousand_concurrent_requests_never_mix_users,
+    a_thousand_concurrent_requests_for_a_cold_user_make_one_load,
+    writes_and_deletes_invalidate_at_once,
+    required_providers_answer_428_with_the_missing_ones,
+    undecryptable_keys_answer_500_and_never_fall_back,
+);
+
 /// What the test handler reports: the caller's keys by provider, with their source.
 type Seen = BTreeMap<String, (String, String)>;
 

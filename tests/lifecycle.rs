@@ -25,6 +25,19 @@ per_backend!(
     checks_run_before_anything_is_written,
 );
 
+// The same tests through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(
+    rotation_matrix_behaves_as_documented,
+    a_rewrap_killed_midway_continues_when_run_again,
+    rewrap_under_concurrent_reads_through_the_layer,
+    verify_reports_rows_that_do_not_open,
+    retiring_a_key_still_in_use_is_refused,
+    expiry_can_be_extended_cleared_and_purged,
+    every_change_is_audited_without_secrets_or_user_ids,
+    a_failed_audit_write_undoes_the_change,
+    checks_run_before_anything_is_written,
+);
+
 async fn checks_run_before_anything_is_written(backend: Backend) {
     use tower_byok::check;
     let db = TestDb::new(backend).await;

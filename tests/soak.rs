@@ -43,6 +43,9 @@ use tower_byok::{ByokLayer, UserKeys};
 
 per_backend!(isolation_soak);
 
+// The same tests through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(isolation_soak,);
+
 const PROVIDERS: [&str; 2] = ["openai", "exa"];
 
 fn secret(user: u32, version: u32, provider: &str) -> String {

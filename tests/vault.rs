@@ -32,6 +32,20 @@ per_backend!(
     concurrent_puts_at_the_provider_cap_never_overshoot,
 );
 
+// The same tests through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(
+    users_see_only_their_own_keys_across_a_redeploy,
+    two_hundred_users_store_keys_concurrently,
+    partial_setup_resumes_and_replaces,
+    wrong_or_missing_master_key_is_refused_at_open,
+    bad_input_is_a_typed_error_and_writes_nothing,
+    expired_keys_are_never_served,
+    deletes_are_scoped_and_audited,
+    instances_opening_a_new_database_together_agree,
+    concurrent_cold_misses_make_one_load_every_time,
+    concurrent_puts_at_the_provider_cap_never_overshoot,
+);
+
 /// A user one below the cap puts two new providers at once, many times over: exactly one
 /// of each pair is stored, the other is refused and leaves nothing behind. On PostgreSQL
 /// this needs the per-user lock: READ COMMITTED alone lets both counts see room.

@@ -11,9 +11,10 @@
 //! - **`LISTEN`/`NOTIFY`**, on PostgreSQL: the trigger also notifies (an empty payload,
 //!   once per transaction), and the task reads the feed as soon as it hears one. The
 //!   poll stays on as the backstop for notifications lost while the listening connection
-//!   was down. Poolers in transaction mode (PgBouncer) cannot `LISTEN`: turn it off with
-//!   [`listen_for_changes(false)`](crate::VaultBuilder::listen_for_changes) and rely on
-//!   the poll.
+//!   was down. A pooler in transaction mode cannot `LISTEN` (it hears nothing): there
+//!   the listener connects over the store's direct URL, or, without one, the feed only
+//!   polls. A listener that is connected but hears nothing while polls find changes is
+//!   reported ([`FeedStatus::listener_deaf`]) and logged, once.
 //!
 //! Reads are gap-safe: a change whose sequence value is lower than one already read but
 //! that commits later is still applied (see `tracker.rs`). Changes are pruned after
@@ -88,7 +89,15 @@ pub(crate) trait ChangeSource: Send + 'static {
 
     /// Whether a `LISTEN` connection is up now.
     fn listening(&self) -> bool;
+
+    /// How many notifications the `LISTEN` connection has heard so far.
+    fn heard(&self) -> u64;
 }
+
+/// Polls in a row that must find changes the listener did not ring for before the
+/// listener counts as deaf: a working listener rings within milliseconds of a commit,
+/// so it can be beaten by one poll, never by three.
+const DEAF_AFTER: u32 = 3;
 
 /// How a vault follows the change feed: set on [`VaultBuilder`](crate::VaultBuilder).
 #[derive(Debug, Clone, Copy)]
@@ -138,6 +147,12 @@ pub struct FeedStatus {
     pub last_read_at: Option<SystemTime>,
     /// Since when reads of the feed fail, while they do.
     pub failing_since: Option<SystemTime>,
+    /// The `LISTEN` connection is up but heard nothing while three polls in a row found
+    /// changes made elsewhere: it most likely goes through a pooler in transaction mode,
+    /// which delivers no notification, and changes are seen only every poll interval.
+    /// The fix: give the store a direct URL (`PostgresStore::direct_url`), or turn
+    /// listening off. Cleared when the listener hears a notification.
+    pub listener_deaf: bool,
 }
 
 impl FeedStatus {
@@ -149,6 +164,7 @@ impl FeedStatus {
             last_change_at: None,
             last_read_at: None,
             failing_since: None,
+            listener_deaf: false,
         }
     }
 
@@ -224,6 +240,7 @@ impl Feed {
             last_change_at: None,
             last_read_at: Some(SystemTime::now()),
             failing_since: None,
+            listener_deaf: false,
         }));
         let task = tokio::spawn(run(source, tracker, cache, status.clone(), config));
         Ok(Self {
@@ -269,6 +286,7 @@ async fn run<S: ChangeSource>(
 ) {
     let mut last_ok = Instant::now();
     let mut last_prune: Option<Instant> = None;
+    let mut deaf = Deafness::default();
     let mut wake = source.wait(config.poll_interval).await;
     loop {
         let Some(cache) = cache.upgrade() else {
@@ -308,6 +326,8 @@ async fn run<S: ChangeSource>(
             status.listener_connected = source.listening();
             match &result {
                 Ok(applied) => {
+                    let polled = wake == Wake::Timer && source.listening();
+                    status.listener_deaf = deaf.observe(source.heard(), polled && *applied > 0);
                     last_ok = Instant::now();
                     status.last_read_at = Some(now);
                     status.failing_since = None;
@@ -331,6 +351,40 @@ async fn run<S: ChangeSource>(
             }
         }
         wake = source.wait(config.poll_interval).await;
+    }
+}
+
+/// Tells a listener that is connected but hears nothing, from the polls that find
+/// changes it should have rung for.
+#[derive(Debug, Default)]
+struct Deafness {
+    heard: u64,
+    unheard_polls: u32,
+    warned: bool,
+}
+
+impl Deafness {
+    /// Takes the listener's count of notifications after a read, and whether that read
+    /// was a poll (not a ring) that found changes while the listener was connected;
+    /// returns whether the listener is deaf now. Warns the first time it is.
+    fn observe(&mut self, heard: u64, unheard_changes: bool) -> bool {
+        if heard != self.heard {
+            self.heard = heard;
+            self.unheard_polls = 0;
+        } else if unheard_changes {
+            self.unheard_polls = self.unheard_polls.saturating_add(1);
+        }
+        let deaf = self.unheard_polls >= DEAF_AFTER;
+        if deaf && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                "the change listener is connected but hears no notification while polls keep \
+                 finding changes: it most likely goes through a pooler in transaction mode; \
+                 give PostgresStore::direct_url a direct connection to the server (or set \
+                 listen_for_changes(false)); until then changes are seen every poll interval"
+            );
+        }
+        deaf
     }
 }
 

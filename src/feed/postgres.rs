@@ -2,31 +2,46 @@
 //! late with a lower sequence value is still read (see `tracker.rs`); `LISTEN` on a
 //! connection of its own rings the bell.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
 use super::{Batch, ChangeSource, FeedMode, Wake};
 use crate::error::{Error, Result};
+use crate::PostgresStore;
 
 /// The channel the trigger notifies (migration 2).
 const CHANNEL: &str = "byok_changes";
 
 pub(crate) struct PostgresChanges {
-    pool: PgPool,
+    store: PostgresStore,
     listener: Option<Listener>,
 }
 
 impl PostgresChanges {
-    /// The feed of the database behind `pool`; with `listen`, also a `LISTEN` connection
-    /// of its own (not one of the pool's), kept up in the background.
-    pub(crate) fn new(pool: &PgPool, listen: bool) -> Self {
+    /// The feed of the store's database; with `listen`, also a `LISTEN` connection of
+    /// its own (not one of the pool's), kept up in the background, on the store's
+    /// direct URL if it has one. Behind a pooler in transaction mode without a direct
+    /// URL it only polls: a `LISTEN` there would hear nothing.
+    pub(crate) fn new(store: &PostgresStore, listen: bool) -> Self {
+        let options = if listen {
+            let options = store.listen_options();
+            if options.is_none() {
+                tracing::info!(
+                    "behind a pooler in transaction mode without a direct URL, the change \
+                     feed polls; give PostgresStore::direct_url to hear changes at once"
+                );
+            }
+            options
+        } else {
+            None
+        };
         Self {
-            pool: pool.clone(),
-            listener: listen.then(|| Listener::start(pool)),
+            store: store.clone(),
+            listener: options.map(Listener::start),
         }
     }
 }
@@ -37,15 +52,19 @@ impl ChangeSource for PostgresChanges {
     const START_WINDOW: i64 = 1000;
 
     async fn newest(&mut self) -> Result<i64> {
+        let mut session = self.store.session().await?;
         let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM byok_changes")
-            .fetch_one(&self.pool)
+            .persistent(self.store.prepared())
+            .fetch_one(session.conn())
             .await
             .map_err(Error::store)?;
+        session.finish().await?;
         Ok(newest.unwrap_or(0))
     }
 
     async fn read(&mut self, after: i64, limit: u32) -> Result<Batch> {
         // One statement, so the rows and the snapshot bounds come from one snapshot.
+        let mut session = self.store.session().await?;
         let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
             "SELECT c.seq, c.user_id, \
                     pg_snapshot_xmin(s.snap)::text::bigint, \
@@ -55,11 +74,13 @@ impl ChangeSource for PostgresChanges {
                  SELECT seq, user_id FROM byok_changes WHERE seq > $1 ORDER BY seq LIMIT $2 \
              ) c ON true",
         )
+        .persistent(self.store.prepared())
         .bind(after)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(session.conn())
         .await
         .map_err(Error::store)?;
+        session.finish().await?;
         let (xmin, xmax) = rows.first().map_or((0, 0), |r| (r.2, r.3));
         Ok(Batch {
             rows: rows
@@ -77,14 +98,17 @@ impl ChangeSource for PostgresChanges {
 
     async fn prune(&mut self, age: Duration) -> Result<u64> {
         let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let mut session = self.store.session().await?;
         let done = sqlx::query(
             "DELETE FROM byok_changes \
              WHERE at < (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - $1",
         )
+        .persistent(self.store.prepared())
         .bind(age_ms)
-        .execute(&self.pool)
+        .execute(session.conn())
         .await
         .map_err(Error::store)?;
+        session.finish().await?;
         Ok(done.rows_affected())
     }
 
@@ -116,6 +140,12 @@ impl ChangeSource for PostgresChanges {
             .as_ref()
             .is_some_and(|l| l.connected.load(Ordering::Relaxed))
     }
+
+    fn heard(&self) -> u64 {
+        self.listener
+            .as_ref()
+            .map_or(0, |l| l.heard.load(Ordering::Relaxed))
+    }
 }
 
 /// A task that holds a `LISTEN` connection and rings `bell` for each notification, and
@@ -124,25 +154,29 @@ impl ChangeSource for PostgresChanges {
 struct Listener {
     bell: Arc<Notify>,
     connected: Arc<AtomicBool>,
+    /// Notifications heard (not counting the rings on reconnect).
+    heard: Arc<AtomicU64>,
     task: tokio::task::AbortHandle,
 }
 
 impl Listener {
-    fn start(pool: &PgPool) -> Self {
+    fn start(options: PgConnectOptions) -> Self {
         let bell = Arc::new(Notify::new());
         let connected = Arc::new(AtomicBool::new(false));
-        // A pool of one connection of its own, from the application's settings: the
-        // listener must not hold one of the application's connections for ever.
+        let heard = Arc::new(AtomicU64::new(0));
+        // A pool of one connection of its own: the listener must not hold one of the
+        // application's connections for ever.
         let own = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with((*pool.connect_options()).clone());
-        let task = tokio::spawn(listen(own, bell.clone(), connected.clone()));
+            .connect_lazy_with(options);
+        let task = tokio::spawn(listen(own, bell.clone(), connected.clone(), heard.clone()));
         Self {
             bell,
             connected,
+            heard,
             task: task.abort_handle(),
         }
     }
@@ -154,7 +188,12 @@ impl Drop for Listener {
     }
 }
 
-async fn listen(pool: PgPool, bell: Arc<Notify>, connected: Arc<AtomicBool>) {
+async fn listen(
+    pool: PgPool,
+    bell: Arc<Notify>,
+    connected: Arc<AtomicBool>,
+    heard: Arc<AtomicU64>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listener = match connect(&pool).await {
@@ -172,7 +211,10 @@ async fn listen(pool: PgPool, bell: Arc<Notify>, connected: Arc<AtomicBool>) {
         bell.notify_one();
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => bell.notify_one(),
+                Ok(Some(_)) => {
+                    heard.fetch_add(1, Ordering::Relaxed);
+                    bell.notify_one();
+                }
                 // Lost and already reconnected (and listening again): catch up.
                 Ok(None) => bell.notify_one(),
                 // E.g. the server ended the session (`pg_terminate_backend`): start over

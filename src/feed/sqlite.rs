@@ -122,4 +122,8 @@ impl ChangeSource for SqliteChanges {
     fn listening(&self) -> bool {
         false
     }
+
+    fn heard(&self) -> u64 {
+        0
+    }
 }

@@ -87,6 +87,34 @@ pub use self::key_store::KeyStore;
 /// A boxed future: what the private erasure of the store traits returns.
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Where a built-in backend runs a read: a connection of the pool, or a transaction
+/// (PostgreSQL behind a pooler in transaction mode, see `postgres.rs`).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) enum Session<DB: sqlx::Database> {
+    Pooled(sqlx::pool::PoolConnection<DB>),
+    Transaction(sqlx::Transaction<'static, DB>),
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<DB: sqlx::Database> Session<DB> {
+    /// The connection to run the read's statements on.
+    pub(crate) fn conn(&mut self) -> &mut DB::Connection {
+        match self {
+            Self::Pooled(conn) => conn,
+            Self::Transaction(tx) => tx,
+        }
+    }
+
+    /// Ends the read: commits the transaction (it wrote nothing), or returns the
+    /// connection to the pool.
+    pub(crate) async fn finish(self) -> crate::Result<()> {
+        match self {
+            Self::Pooled(_) => Ok(()),
+            Self::Transaction(tx) => tx.commit().await.map_err(crate::Error::store),
+        }
+    }
+}
+
 /// One sealed key, as a store keeps it. Times are Unix milliseconds.
 ///
 /// `Debug` leaves out the user id and the sealed bytes.

@@ -7,8 +7,11 @@
 //! generic sqlx bounds. Both databases take `$n` parameters and the two schemas
 //! (`migrations/<backend>/`) differ only in column types, so the SQL is the same.
 //!
-//! Every write runs in one transaction with its audit record. At the end, the
-//! statements the migration runner (`migrate.rs`) needs from a backend's transaction.
+//! Every write runs in one transaction with its audit record; every other statement runs
+//! on the backend's `session()`, and every statement is `persistent(self.prepared())`:
+//! behind a pooler in transaction mode (PostgreSQL's `PoolMode::Transaction`) no
+//! statement is named, and each runs inside a transaction. At the end, the statements
+//! the migration runner (`migrate.rs`) needs from a backend's transaction.
 
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
@@ -38,27 +41,33 @@ impl KeyStore for Store {
     }
 
     async fn fetch_user(&self, user_id: &str) -> Result<Vec<StoredKey>> {
+        let mut session = self.session().await?;
         let rows: Vec<KeyRow> = sqlx::query_as(concat!(
             "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
             "FROM byok_keys WHERE user_id = $1 ORDER BY provider"
         ))
+        .persistent(self.prepared())
         .bind(user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(session.conn())
         .await
         .map_err(Error::store)?;
+        session.finish().await?;
         Ok(rows.into_iter().map(stored_key).collect())
     }
 
     async fn fetch_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>> {
+        let mut session = self.session().await?;
         let row: Option<KeyRow> = sqlx::query_as(concat!(
             "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
             "FROM byok_keys WHERE user_id = $1 AND provider = $2"
         ))
+        .persistent(self.prepared())
         .bind(user_id)
         .bind(provider)
-        .fetch_optional(&self.pool)
+        .fetch_optional(session.conn())
         .await
         .map_err(Error::store)?;
+        session.finish().await?;
         Ok(row.map(stored_key))
     }
 
@@ -78,7 +87,8 @@ impl KeyStore for Store {
                 sqlx::query(concat!(
                     "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
                     "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2"
-                )),
+                ))
+                .persistent(self.prepared()),
                 row,
             )
             .execute(&mut *tx)
@@ -89,6 +99,7 @@ impl KeyStore for Store {
             }
             let count: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM byok_keys WHERE user_id = $1")
+                    .persistent(self.prepared())
                     .bind(&row.user_id)
                     .fetch_one(&mut *tx)
                     .await
@@ -104,7 +115,8 @@ impl KeyStore for Store {
                     "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
                     "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
                     "ON CONFLICT (user_id, provider) DO NOTHING"
-                )),
+                ))
+                .persistent(self.prepared()),
                 row,
             )
             .execute(&mut *tx)
@@ -114,7 +126,7 @@ impl KeyStore for Store {
                 break AuditAction::Put;
             }
         };
-        insert_audit(&mut tx, audit, &row.provider, action).await?;
+        insert_audit(&mut tx, self.prepared(), audit, &row.provider, action).await?;
         tx.commit().await.map_err(Error::store)?;
         Ok(action)
     }
@@ -129,23 +141,35 @@ impl KeyStore for Store {
         let deleted: Vec<String> = sqlx::query_scalar(
             "DELETE FROM byok_keys WHERE user_id = $1 AND ($2 IS NULL OR provider = $2) RETURNING provider",
         )
+        .persistent(self.prepared())
         .bind(user_id)
         .bind(provider)
         .fetch_all(&mut *tx)
         .await
         .map_err(Error::store)?;
         for provider in &deleted {
-            insert_audit(&mut tx, audit, provider, AuditAction::Delete).await?;
+            insert_audit(
+                &mut tx,
+                self.prepared(),
+                audit,
+                provider,
+                AuditAction::Delete,
+            )
+            .await?;
         }
         tx.commit().await.map_err(Error::store)?;
         Ok(deleted)
     }
 
     async fn check_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        sqlx::query_as("SELECT key_id, sealed FROM byok_check ORDER BY created_at")
-            .fetch_all(&self.pool)
+        let mut session = self.session().await?;
+        let records = sqlx::query_as("SELECT key_id, sealed FROM byok_check ORDER BY created_at")
+            .persistent(self.prepared())
+            .fetch_all(session.conn())
             .await
-            .map_err(Error::store)
+            .map_err(Error::store)?;
+        session.finish().await?;
+        Ok(records)
     }
 
     async fn add_check_records(
@@ -159,6 +183,7 @@ impl KeyStore for Store {
         let mut tx = self.begin_locked().await?;
         if only_if_none {
             let any: Option<i32> = sqlx::query_scalar("SELECT 1 FROM byok_check LIMIT 1")
+                .persistent(self.prepared())
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(Error::store)?;
@@ -171,6 +196,7 @@ impl KeyStore for Store {
             let done = sqlx::query(
                 "INSERT INTO byok_check (key_id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
             )
+            .persistent(self.prepared())
             .bind(key_id)
             .bind(sealed)
             .bind(at)
@@ -184,10 +210,16 @@ impl KeyStore for Store {
     }
 
     async fn key_usage(&self) -> Result<Vec<(String, i64)>> {
-        sqlx::query_as("SELECT key_id, COUNT(*) FROM byok_keys GROUP BY key_id ORDER BY key_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::store)
+        let mut session = self.session().await?;
+        let usage = sqlx::query_as(
+            "SELECT key_id, COUNT(*) FROM byok_keys GROUP BY key_id ORDER BY key_id",
+        )
+        .persistent(self.prepared())
+        .fetch_all(session.conn())
+        .await
+        .map_err(Error::store)?;
+        session.finish().await?;
+        Ok(usage)
     }
 
     fn rotation(&self) -> Option<&impl RotationStore> {
@@ -213,19 +245,22 @@ impl RotationStore for Store {
         // The first page starts after ("", ""), below every row (user ids are never
         // empty), so the condition is always a plain range the key's index serves.
         let (after_user, after_provider) = after.unwrap_or(("", ""));
+        let mut session = self.session().await?;
         let rows: Vec<KeyRow> = sqlx::query_as(concat!(
             "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
             "FROM byok_keys WHERE ($1 IS NULL OR key_id <> $1) ",
             "AND (user_id, provider) > ($2, $3) ",
             "ORDER BY user_id, provider LIMIT $4"
         ))
+        .persistent(self.prepared())
         .bind(exclude_key_id)
         .bind(after_user)
         .bind(after_provider)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(session.conn())
         .await
         .map_err(Error::store)?;
+        session.finish().await?;
         Ok(rows.into_iter().map(stored_key).collect())
     }
 
@@ -241,6 +276,7 @@ impl RotationStore for Store {
             "UPDATE byok_keys SET key_id = $3, sealed = $4 ",
             "WHERE user_id = $1 AND provider = $2 AND key_id = $5 AND sealed = $6"
         ))
+        .persistent(self.prepared())
         .bind(&old.user_id)
         .bind(&old.provider)
         .bind(key_id)
@@ -253,21 +289,31 @@ impl RotationStore for Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_audit(&mut tx, audit, &old.provider, AuditAction::Rewrap).await?;
+        insert_audit(
+            &mut tx,
+            self.prepared(),
+            audit,
+            &old.provider,
+            AuditAction::Rewrap,
+        )
+        .await?;
         tx.commit().await.map_err(Error::store)?;
         Ok(true)
     }
 
     async fn remove_check_record(&self, key_id: &str) -> Result<bool> {
         // One statement: no row can come to need the key between check and delete.
+        let mut session = self.session().await?;
         let done = sqlx::query(concat!(
             "DELETE FROM byok_check WHERE key_id = $1 ",
             "AND NOT EXISTS (SELECT 1 FROM byok_keys WHERE key_id = $1)"
         ))
+        .persistent(self.prepared())
         .bind(key_id)
-        .execute(&self.pool)
+        .execute(session.conn())
         .await
         .map_err(Error::store)?;
+        session.finish().await?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -284,6 +330,7 @@ impl ExpiryStore for Store {
         let done = sqlx::query(
             "UPDATE byok_keys SET expires_at = $3 WHERE user_id = $1 AND provider = $2",
         )
+        .persistent(self.prepared())
         .bind(user_id)
         .bind(provider)
         .bind(expires_at)
@@ -293,21 +340,32 @@ impl ExpiryStore for Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_audit(&mut tx, audit, provider, AuditAction::ExpiryChange).await?;
+        insert_audit(
+            &mut tx,
+            self.prepared(),
+            audit,
+            provider,
+            AuditAction::ExpiryChange,
+        )
+        .await?;
         tx.commit().await.map_err(Error::store)?;
         Ok(true)
     }
 
     async fn expired_keys(&self, now: i64, limit: u32) -> Result<Vec<(String, String)>> {
-        sqlx::query_as(concat!(
+        let mut session = self.session().await?;
+        let expired = sqlx::query_as(concat!(
             "SELECT user_id, provider FROM byok_keys WHERE expires_at IS NOT NULL AND expires_at <= $1 ",
             "ORDER BY expires_at LIMIT $2"
         ))
+        .persistent(self.prepared())
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(session.conn())
         .await
-        .map_err(Error::store)
+        .map_err(Error::store)?;
+        session.finish().await?;
+        Ok(expired)
     }
 
     async fn delete_expired(
@@ -322,6 +380,7 @@ impl ExpiryStore for Store {
             "DELETE FROM byok_keys WHERE user_id = $1 AND provider = $2 ",
             "AND expires_at IS NOT NULL AND expires_at <= $3"
         ))
+        .persistent(self.prepared())
         .bind(user_id)
         .bind(provider)
         .bind(now)
@@ -331,7 +390,14 @@ impl ExpiryStore for Store {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_audit(&mut tx, audit, provider, AuditAction::Purge).await?;
+        insert_audit(
+            &mut tx,
+            self.prepared(),
+            audit,
+            provider,
+            AuditAction::Purge,
+        )
+        .await?;
         tx.commit().await.map_err(Error::store)?;
         Ok(true)
     }
@@ -366,7 +432,8 @@ impl AuditStore for Store {
         }
         // Built above from fixed fragments and `$n` placeholders only; every value is bound.
         let mut q =
-            sqlx::query_as::<_, (i64, String, String, String, String)>(sqlx::AssertSqlSafe(sql));
+            sqlx::query_as::<_, (i64, String, String, String, String)>(sqlx::AssertSqlSafe(sql))
+                .persistent(self.prepared());
         if let Some(user_ref) = &query.user_ref {
             q = q.bind(user_ref);
         }
@@ -379,7 +446,9 @@ impl AuditStore for Store {
         if let Some(limit) = query.limit {
             q = q.bind(i64::from(limit));
         }
-        let rows = q.fetch_all(&self.pool).await.map_err(Error::store)?;
+        let mut session = self.session().await?;
+        let rows = q.fetch_all(session.conn()).await.map_err(Error::store)?;
+        session.finish().await?;
         rows.into_iter()
             .map(|(at, user_ref, provider, action, actor)| {
                 let action = AuditAction::parse(&action).ok_or_else(|| {
@@ -397,6 +466,8 @@ impl AuditStore for Store {
     }
 }
 
+/// Unnamed statements: they run once per open, and so need no pool mode to be safe
+/// behind a pooler in transaction mode (the migration is one transaction).
 impl SchemaTx for Transaction<'_, Db> {
     async fn execute(&mut self, sql: &'static str) -> sqlx::Result<()> {
         sqlx::Executor::execute(&mut **self, sql).await?;
@@ -404,7 +475,10 @@ impl SchemaTx for Transaction<'_, Db> {
     }
 
     async fn applied(&mut self, sql: &'static str) -> sqlx::Result<Vec<(i64, String)>> {
-        sqlx::query_as(sql).fetch_all(&mut **self).await
+        sqlx::query_as(sql)
+            .persistent(false)
+            .fetch_all(&mut **self)
+            .await
     }
 
     async fn record(
@@ -416,6 +490,7 @@ impl SchemaTx for Transaction<'_, Db> {
         at: i64,
     ) -> sqlx::Result<()> {
         sqlx::query(sql)
+            .persistent(false)
             .bind(version)
             .bind(description)
             .bind(checksum)
@@ -464,6 +539,7 @@ fn bind_row<'q>(
 
 async fn insert_audit(
     tx: &mut Transaction<'static, Db>,
+    prepared: bool,
     audit: &AuditRecord,
     provider: &str,
     action: AuditAction,
@@ -471,6 +547,7 @@ async fn insert_audit(
     sqlx::query(
         "INSERT INTO byok_audit (at, user_ref, provider, action, actor) VALUES ($1, $2, $3, $4, $5)",
     )
+    .persistent(prepared)
     .bind(audit.at)
     .bind(&audit.user_ref)
     .bind(provider)

@@ -7,7 +7,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
-use super::migrate;
+use super::{migrate, Session};
 use crate::error::{Error, Result};
 
 /// The store traits' SQL, shared with PostgreSQL, compiled here against [`Db`] and
@@ -83,6 +83,22 @@ impl SqliteStore {
     /// The underlying pool.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Statements are always prepared once per connection and reused (see `queries.rs`).
+    #[expect(
+        clippy::unused_self,
+        reason = "the same call as PostgreSQL's, in `queries.rs`"
+    )]
+    fn prepared(&self) -> bool {
+        true
+    }
+
+    /// A connection of the pool, for a statement outside a write transaction.
+    async fn session(&self) -> Result<Session<Sqlite>> {
+        Ok(Session::Pooled(
+            self.pool.acquire().await.map_err(Error::store)?,
+        ))
     }
 
     async fn connect_with(options: SqliteConnectOptions, max_connections: u32) -> Result<Self> {

@@ -218,10 +218,8 @@ async fn start_feed<S: KeyStore>(
     }
     #[cfg(feature = "postgres")]
     if let Some(store) = store.downcast_ref::<crate::PostgresStore>() {
-        let source = crate::feed::postgres::PostgresChanges::new(
-            store.pool(),
-            config.enabled && config.listen,
-        );
+        let source =
+            crate::feed::postgres::PostgresChanges::new(store, config.enabled && config.listen);
         return Feed::start(source, cache, config).await;
     }
     let _ = (store, cache);

@@ -5,6 +5,9 @@ use crate::Env;
 
 crate::per_backend!(expiring_and_purging,);
 
+// The same through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(expiring_and_purging,);
+
 async fn expiring_and_purging(backend: Backend) {
     let env = Env::new(backend).await;
     env.keygen("k1", "k1.keys");

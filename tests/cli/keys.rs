@@ -8,6 +8,9 @@ crate::per_backend!(
     a_secret_given_as_an_argument_is_refused_and_not_echoed,
 );
 
+// The same through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(put_list_delete_never_show_the_secret,);
+
 async fn put_list_delete_never_show_the_secret(backend: Backend) {
     let env = Env::new(backend).await;
     env.keygen("k1", "k1.keys");

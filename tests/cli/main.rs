@@ -72,24 +72,40 @@ impl Out {
 struct Env {
     backend: Backend,
     dir: tempfile::TempDir,
+    /// What the binary is given: behind a pooler, the pooler's URL.
     url: String,
+    /// The server's own URL, for the test's raw SQL.
+    direct_url: String,
+    /// Behind a pooler: its mode, given to the binary as `BYOK_POOL_MODE`.
+    #[cfg(feature = "postgres")]
+    pooler: Option<tower_byok::PoolMode>,
     secrets: Mutex<Vec<String>>,
 }
 
 impl Env {
     async fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = match backend {
+        #[cfg(feature = "postgres")]
+        let mut pooler = None;
+        let (url, direct_url) = match backend {
             Backend::Sqlite => {
-                format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display())
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("keys.db").display());
+                (url.clone(), url)
             }
             #[cfg(feature = "postgres")]
-            Backend::Postgres => common::TestDb::new(backend).await.pg_url(),
+            Backend::Postgres => {
+                let db = common::TestDb::new(backend).await;
+                pooler = db.pooler;
+                (db.pooled_url(), db.pg_url())
+            }
         };
         Self {
             backend,
             dir,
             url,
+            direct_url,
+            #[cfg(feature = "postgres")]
+            pooler,
             secrets: Mutex::new(Vec::new()),
         }
     }
@@ -124,6 +140,8 @@ impl Env {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("BYOK_DATABASE_URL", &self.url)
+            .env_remove("BYOK_POOL_MODE")
+            .env_remove("BYOK_DIRECT_DATABASE_URL")
             .env_remove("BYOK_MASTER_KEYS")
             .env_remove("RUST_LOG")
             .stdin(if stdin.is_some() {
@@ -133,6 +151,10 @@ impl Env {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        #[cfg(feature = "postgres")]
+        if self.pooler == Some(tower_byok::PoolMode::Transaction) {
+            cmd.env("BYOK_POOL_MODE", "transaction");
+        }
         for (name, value) in env {
             if value.is_empty() {
                 cmd.env_remove(name);
@@ -205,7 +227,10 @@ impl Env {
             Backend::Sqlite => Vault::open(SqliteStore::connect(&self.url).await?, keyring).await,
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                Vault::open(PostgresStore::connect(&self.url).await?, keyring).await
+                let store = PostgresStore::connect(&self.url)
+                    .await?
+                    .pool_mode(self.pooler.unwrap_or_default());
+                Vault::open(store, keyring).await
             }
         }
     }
@@ -238,7 +263,7 @@ impl Env {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+                let pool = sqlx::PgPool::connect(&self.direct_url).await.unwrap();
                 let mut blob: Vec<u8> = sqlx::query_scalar(SELECT)
                     .bind(user)
                     .bind(provider)

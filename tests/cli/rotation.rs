@@ -10,6 +10,12 @@ crate::per_backend!(
     rewrap_and_verify_fail_on_a_key_that_does_not_open,
 );
 
+// The same through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(
+    rotate_rewrap_verify_retire,
+    rewrap_and_verify_fail_on_a_key_that_does_not_open,
+);
+
 async fn rotate_rewrap_verify_retire(backend: Backend) {
     let env = Env::new(backend).await;
     env.keygen("k1", "k1.keys");

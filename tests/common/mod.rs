@@ -43,6 +43,70 @@ macro_rules! per_backend {
     };
 }
 
+/// Instantiates each listed `async fn name(backend: Backend)` once per PgBouncer mode
+/// (`.ci/test` starts both): the test runs on PostgreSQL, and every vault its
+/// [`TestDb`] opens goes through the pooler, while the test's raw SQL goes straight to
+/// the server, as an operator's would.
+#[macro_export]
+macro_rules! behind_poolers {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(feature = "postgres")]
+        mod pgbouncer_transaction {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::behind(
+                        tower_byok::PoolMode::Transaction,
+                        super::$name($crate::common::Backend::Postgres),
+                    )
+                    .await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod pgbouncer_session {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::behind(
+                        tower_byok::PoolMode::Session,
+                        super::$name($crate::common::Backend::Postgres),
+                    )
+                    .await;
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+tokio::task_local! {
+    /// The PgBouncer mode the running test's databases are reached through.
+    static POOLER: tower_byok::PoolMode;
+}
+
+/// Runs `test` with every [`TestDb`] it makes reached through the PgBouncer of `mode`.
+#[cfg(feature = "postgres")]
+pub async fn behind(mode: tower_byok::PoolMode, test: impl std::future::Future<Output = ()>) {
+    POOLER.scope(mode, test).await;
+}
+
+/// The URL of the PgBouncer in `mode` that `.ci/test` started. Fails loudly when unset,
+/// as [`pg_server_url`] does.
+#[cfg(feature = "postgres")]
+pub fn pgbouncer_url(mode: tower_byok::PoolMode) -> String {
+    let var = match mode {
+        tower_byok::PoolMode::Transaction => "BYOK_TEST_PGBOUNCER_TRANSACTION_URL",
+        _ => "BYOK_TEST_PGBOUNCER_SESSION_URL",
+    };
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "{var} is not set. Run the suite with `bash .ci/test`, which starts PgBouncer in \
+             front of a throwaway PostgreSQL server (Debian's `pgbouncer` package)."
+        )
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -75,6 +139,9 @@ pub struct TestDb {
     sqlite_path: PathBuf,
     #[cfg(feature = "postgres")]
     pg: Option<sqlx::postgres::PgConnectOptions>,
+    /// The pooler the vaults go through, when the test runs behind one.
+    #[cfg(feature = "postgres")]
+    pub pooler: Option<tower_byok::PoolMode>,
 }
 
 /// The fixed master key most tests use.
@@ -98,6 +165,8 @@ impl TestDb {
                     sqlite_path,
                     #[cfg(feature = "postgres")]
                     pg: None,
+                    #[cfg(feature = "postgres")]
+                    pooler: None,
                 }
             }
             #[cfg(feature = "postgres")]
@@ -106,6 +175,7 @@ impl TestDb {
                 _dir: None,
                 sqlite_path: PathBuf::new(),
                 pg: Some(fresh_pg_database().await),
+                pooler: POOLER.try_with(|mode| *mode).ok(),
             },
         }
     }
@@ -127,11 +197,11 @@ impl TestDb {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = self
-                    .pg_pool_of(8)
+                let store = self
+                    .pg_store(8)
                     .await
                     .map_err(|_| tower_byok::ErrorKind::Store)?;
-                Vault::builder(tower_byok::PostgresStore::from_pool(pool), keyring)
+                Vault::builder(store, keyring)
                     .cache_ttl(opts.cache_ttl)
                     .load_timeout(opts.load_timeout)
                     .max_providers_per_user(opts.max_providers)
@@ -159,8 +229,7 @@ impl TestDb {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = self.pg_pool_of(4).await.unwrap();
-                let store = tower_byok::PostgresStore::from_pool(pool);
+                let store = self.pg_store(4).await.unwrap();
                 checks
                     .apply(Vault::builder(store, keyring))
                     .open()
@@ -304,6 +373,51 @@ impl TestDb {
     #[cfg(feature = "postgres")]
     pub fn pg_options(&self) -> sqlx::postgres::PgConnectOptions {
         self.pg.clone().unwrap()
+    }
+
+    /// A store of up to `max` connections on this test's database, as the test's vaults
+    /// reach it: straight, or through its pooler (with the pool mode that pooler needs).
+    #[cfg(feature = "postgres")]
+    pub async fn pg_store(&self, max: u32) -> Result<tower_byok::PostgresStore, sqlx::Error> {
+        let Some(mode) = self.pooler else {
+            return Ok(tower_byok::PostgresStore::from_pool(
+                self.pg_pool_of(max).await?,
+            ));
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(self.pooled_options())
+            .await?;
+        Ok(tower_byok::PostgresStore::from_pool(pool).pool_mode(mode))
+    }
+
+    /// Options reaching this test's database through its pooler (the server itself
+    /// when it has none).
+    #[cfg(feature = "postgres")]
+    pub fn pooled_options(&self) -> sqlx::postgres::PgConnectOptions {
+        use std::str::FromStr as _;
+        let Some(mode) = self.pooler else {
+            return self.pg_options();
+        };
+        let name = self.pg_options().get_database().unwrap().to_owned();
+        sqlx::postgres::PgConnectOptions::from_str(&pgbouncer_url(mode))
+            .unwrap()
+            .database(&name)
+            // PgBouncer refuses start-up parameters it does not track.
+            .extra_float_digits(None)
+    }
+
+    /// This test's database as a URL through its pooler (the server's when it has none).
+    #[cfg(feature = "postgres")]
+    pub fn pooled_url(&self) -> String {
+        let Some(mode) = self.pooler else {
+            return self.pg_url();
+        };
+        let name = self.pg_options().get_database().unwrap().to_owned();
+        let server = pgbouncer_url(mode);
+        let (host, _) = server.rsplit_once('/').unwrap();
+        format!("{host}/{name}")
     }
 
     /// This test's database as a `postgres://` URL, for another process.
@@ -526,9 +640,8 @@ impl TestDb {
             }
             #[cfg(feature = "postgres")]
             Backend::Postgres => {
-                let pool = self.pg_pool_of(8).await.unwrap();
                 let store = Probed {
-                    inner: tower_byok::PostgresStore::from_pool(pool),
+                    inner: self.pg_store(8).await.unwrap(),
                     probe: probe.clone(),
                 };
                 Vault::builder(store, keyring)

@@ -25,6 +25,33 @@ pub(crate) struct Cli {
     )]
     pub(crate) database: Option<String>,
 
+    /// What stands between `--database` and PostgreSQL: `session` (the server itself,
+    /// or a pooler in session mode) or `transaction` (a pooler in transaction mode:
+    /// PgBouncer's `pool_mode = transaction`, Supabase's port 6543, Neon's `-pooler`
+    /// hosts, RDS Proxy).
+    #[arg(
+        long,
+        global = true,
+        value_name = "MODE",
+        value_enum,
+        default_value = "session",
+        env = "BYOK_POOL_MODE",
+        help_heading = "Global options"
+    )]
+    pub(crate) pool_mode: PoolModeArg,
+
+    /// A direct URL of the same PostgreSQL database, not through the pooler: the
+    /// migrations run there.
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "BYOK_DIRECT_DATABASE_URL",
+        hide_env_values = true,
+        help_heading = "Global options"
+    )]
+    pub(crate) direct_database: Option<String>,
+
     /// A file holding the master keyring (`ID:BASE64` lines, the active key first).
     /// Without it, the keyring text is read from the environment variable
     /// BYOK_MASTER_KEYS.
@@ -48,6 +75,24 @@ pub(crate) struct Cli {
 
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+/// `--pool-mode`: [`tower_byok::PoolMode`] on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PoolModeArg {
+    /// The server itself, or a pooler in session mode.
+    Session,
+    /// A pooler in transaction mode.
+    Transaction,
+}
+
+impl From<PoolModeArg> for tower_byok::PoolMode {
+    fn from(mode: PoolModeArg) -> Self {
+        match mode {
+            PoolModeArg::Session => Self::Session,
+            PoolModeArg::Transaction => Self::Transaction,
+        }
+    }
 }
 
 /// The subcommands.

@@ -5,7 +5,7 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use tower_byok::{Keyring, PostgresStore, SqliteStore, Vault};
+use tower_byok::{Keyring, PoolMode, PostgresStore, SqliteStore, Vault};
 
 use crate::cli::{Cli, Command};
 use crate::files::{self};
@@ -24,6 +24,8 @@ const KEYRING_VAR: &str = "BYOK_MASTER_KEYS";
 pub(crate) async fn run(cli: Cli) -> CmdResult {
     let Cli {
         database,
+        pool_mode,
+        direct_database,
         keyring_file,
         actor,
         command,
@@ -34,7 +36,12 @@ pub(crate) async fn run(cli: Cli) -> CmdResult {
         Command::Rotate { id, out } => master_keys::rotate(&load_keyring(keyring_file)?, &id, &out),
         command => {
             let keyring = load_keyring(keyring_file)?;
-            let vault = open_vault(database.as_deref(), keyring, &actor).await?;
+            let database = Database {
+                url: database.as_deref(),
+                pool_mode: pool_mode.into(),
+                direct_url: direct_database.as_deref(),
+            };
+            let vault = open_vault(&database, keyring, &actor).await?;
             on_vault(&vault, command).await
         }
     }
@@ -99,9 +106,17 @@ fn load_keyring(file: Option<&Path>) -> CmdResult<Keyring> {
     }
 }
 
-async fn open_vault(url: Option<&str>, keyring: Keyring, actor: &str) -> CmdResult<Vault> {
-    let url =
-        url.ok_or_else(|| Fail::new("no database: pass --database URL or set BYOK_DATABASE_URL"))?;
+/// Where the vault is, from the global options.
+struct Database<'a> {
+    url: Option<&'a str>,
+    pool_mode: PoolMode,
+    direct_url: Option<&'a str>,
+}
+
+async fn open_vault(database: &Database<'_>, keyring: Keyring, actor: &str) -> CmdResult<Vault> {
+    let url = database
+        .url
+        .ok_or_else(|| Fail::new("no database: pass --database URL or set BYOK_DATABASE_URL"))?;
     let scheme = url
         .split_once(':')
         .map(|(scheme, _)| scheme.to_ascii_lowercase());
@@ -118,7 +133,12 @@ async fn open_vault(url: Option<&str>, keyring: Keyring, actor: &str) -> CmdResu
                 .await
         }
         Some("postgres" | "postgresql") => {
-            let store = connect_postgres(url).await?;
+            let mut store = connect_postgres(url).await?.pool_mode(database.pool_mode);
+            if let Some(direct) = database.direct_url {
+                store = store.direct_url(direct).map_err(|e| {
+                    Fail::new(format!("--direct-database / BYOK_DIRECT_DATABASE_URL: {e}"))
+                })?;
+            }
             Vault::builder(store, keyring)
                 .watch_changes(false)
                 .open()
@@ -146,7 +166,10 @@ async fn connect_postgres(url: &str) -> CmdResult<PostgresStore> {
         let err = tower_byok::Error::from(tower_byok::ErrorKind::Store);
         connect_fail_with(&err, Some(&e), url)
     };
-    let options = PgConnectOptions::from_str(url).map_err(fail)?;
+    // PgBouncer refuses start-up parameters it does not track; nothing here reads a float.
+    let options = PgConnectOptions::from_str(url)
+        .map_err(fail)?
+        .extra_float_digits(None);
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
         .map_err(|_| {
