@@ -267,6 +267,28 @@ async fn lock_migrations(tx: &mut Transaction<'_, Postgres>, prepared: bool) -> 
     Ok(())
 }
 
+/// Warns, once per process, when a query failed on a notification it never asked for:
+/// a connection that `LISTEN`s went through a pooler in transaction mode (a "direct"
+/// URL that is the pooler's, or another application's listener), and the pooler handed
+/// its server connection, still listening, to this client. Every query that then
+/// shares that server connection may fail so, including writes that did commit.
+pub(crate) fn notice_stray_notification(source: &(dyn std::error::Error + 'static)) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let stray = matches!(
+        source.downcast_ref::<sqlx::Error>(),
+        Some(sqlx::Error::Protocol(message)) if message.contains("NotificationResponse")
+    );
+    if stray && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "a query got a notification it never asked for: a connection that LISTENs \
+             goes through a pooler in transaction mode, which hands its server connection \
+             to other clients; point LISTEN at the server itself \
+             (PostgresStore::direct_url with the direct URL, not the pooler's)"
+        );
+    }
+}
+
 /// Parses a `postgres://` URL into options without `extra_float_digits`; the error
 /// names what is wrong, never the URL (it may hold a password).
 fn parse_url(url: &str) -> Result<PgConnectOptions> {
