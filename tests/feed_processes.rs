@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Where a server process finds its database.
 const DB_VAR: &str = "BYOK_FEED_SERVER_DB";
+/// `transaction` when the database URL is a transaction-mode pooler's.
+const POOL_MODE_VAR: &str = "BYOK_FEED_SERVER_POOL_MODE";
+/// A direct URL for the listener, behind a pooler.
+const DIRECT_VAR: &str = "BYOK_FEED_SERVER_DIRECT_URL";
 
 /// Not a test: the server the tests start, each in a process of its own. Serves until
 /// its standard input closes.
@@ -39,7 +43,13 @@ async fn serve() {
     } else {
         #[cfg(feature = "postgres")]
         {
-            let store = tower_byok::PostgresStore::connect(&url).await.unwrap();
+            let mut store = tower_byok::PostgresStore::connect(&url).await.unwrap();
+            if std::env::var(POOL_MODE_VAR).is_ok_and(|m| m == "transaction") {
+                store = store.pool_mode(tower_byok::PoolMode::Transaction);
+            }
+            if let Ok(direct) = std::env::var(DIRECT_VAR) {
+                store = store.direct_url(&direct).unwrap();
+            }
             builder(
                 Vault::builder(store, keyring)
                     .cache_ttl(Duration::from_secs(3600))
@@ -105,9 +115,14 @@ struct Server {
 
 impl Server {
     fn start(db_url: &str) -> Self {
+        Self::start_with(db_url, &[])
+    }
+
+    fn start_with(db_url: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["--ignored", "--exact", "serve", "--nocapture"])
             .env(DB_VAR, db_url)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -159,7 +174,10 @@ fn within_bound(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn replace_and_delete_across_processes(db_url: &str) {
-    let (one, two) = (Server::start(db_url), Server::start(db_url));
+    replace_and_delete_between(Server::start(db_url), Server::start(db_url));
+}
+
+fn replace_and_delete_between(one: Server, two: Server) {
     one.request("POST", "/put/alice/sk-alice-1", None);
     assert_eq!(two.served("alice"), "sk-alice-1"); // now cached in process two
     one.request("POST", "/put/alice/sk-alice-2", None);
@@ -187,4 +205,31 @@ async fn postgres_processes_see_each_others_writes() {
     tokio::task::spawn_blocking(move || replace_and_delete_across_processes(&url))
         .await
         .unwrap();
+}
+
+/// Both processes behind the transaction-mode PgBouncer `.ci/test` started: polling
+/// alone (every second, the default), then listening over a direct URL.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_processes_behind_a_transaction_pooler_see_each_others_writes() {
+    let mut db = common::TestDb::new(common::Backend::Postgres).await;
+    db.pooler = Some(tower_byok::PoolMode::Transaction);
+    let (pooled, direct) = (db.pooled_url(), db.pg_url());
+    tokio::task::spawn_blocking(move || {
+        let polling = [(POOL_MODE_VAR, "transaction")];
+        replace_and_delete_between(
+            Server::start_with(&pooled, &polling),
+            Server::start_with(&pooled, &polling),
+        );
+        let listening = [
+            (POOL_MODE_VAR, "transaction"),
+            (DIRECT_VAR, direct.as_str()),
+        ];
+        replace_and_delete_between(
+            Server::start_with(&pooled, &listening),
+            Server::start_with(&pooled, &listening),
+        );
+    })
+    .await
+    .unwrap();
 }

@@ -16,6 +16,9 @@ use tower_byok::{AuditAction, AuditRecord, Keyring, MasterKey, Result, SqliteSto
 
 #[cfg(feature = "axum")]
 pub mod http;
+pub mod logs;
+#[cfg(feature = "postgres")]
+pub mod pgbouncer;
 #[cfg(feature = "postgres")]
 pub mod proxy;
 
