@@ -2,7 +2,8 @@
 //! costs when nothing changes.
 //!
 //! For each way of following the feed (PostgreSQL with `LISTEN`, PostgreSQL polling
-//! only, SQLite polling), this program (the writer) starts itself again as a reader
+//! only, the same two behind the transaction-mode PgBouncer of `.ci/test`, `LISTEN`
+//! over a direct URL, and SQLite polling), this program (the writer) starts itself again as a reader
 //! process on the same database, with a cache TTL of an hour. The reader caches every
 //! user's key; then the writer deletes them one by one, at random gaps of 1 to 9 ms, and
 //! after each delete returns it tells the reader the user and the time. The reader checks
@@ -20,7 +21,8 @@
 //! Run: `bash .ci/test --run cargo bench --all-features --bench revocation` (PostgreSQL
 //! modes need `BYOK_TEST_POSTGRES_URL`, which `.ci/test` sets; without it they are
 //! skipped). Knobs: `BYOK_REVOCATIONS` (1000 per mode), `BYOK_IDLE_SECONDS` (10),
-//! `BYOK_POLL_MS` (1000), `BYOK_HITS` (2,000,000). Without `--bench` (as under
+//! `BYOK_POLL_MS` (1000), `BYOK_HITS` (2,000,000), `BYOK_MODES` (only the modes whose
+//! name contains it). Without `--bench` (as under
 //! `cargo test --benches`) it runs 20 revocations and 1 idle second per mode as a smoke
 //! test.
 
@@ -48,6 +50,9 @@ const ROLE: &str = "BYOK_REVOCATION_ROLE";
 const DB: &str = "BYOK_REVOCATION_DB";
 const WATCH: &str = "BYOK_REVOCATION_WATCH";
 const LISTEN: &str = "BYOK_REVOCATION_LISTEN";
+/// Set when `DB` is a transaction-mode pooler's URL: the server's own URL, for `LISTEN`
+/// (empty: none, the feed polls).
+const DIRECT: &str = "BYOK_REVOCATION_DIRECT";
 
 fn keyring() -> Keyring {
     Keyring::new(MasterKey::from_bytes("k1", [7; 32]).unwrap())
@@ -60,7 +65,8 @@ fn micros_now() -> u128 {
         .as_micros()
 }
 
-async fn open(url: &str, watch: bool, listen: bool, poll: Duration) -> Vault {
+/// `pooled`: behind a transaction-mode pooler, with the direct URL if any.
+async fn open(url: &str, pooled: Option<&str>, watch: bool, listen: bool, poll: Duration) -> Vault {
     macro_rules! build {
         ($store:expr) => {
             Vault::builder($store, keyring())
@@ -76,7 +82,14 @@ async fn open(url: &str, watch: bool, listen: bool, poll: Duration) -> Vault {
     if url.starts_with("sqlite:") {
         build!(SqliteStore::connect(url).await.unwrap())
     } else {
-        build!(tower_byok::PostgresStore::connect(url).await.unwrap())
+        let mut store = tower_byok::PostgresStore::connect(url).await.unwrap();
+        if let Some(direct) = pooled {
+            store = store.pool_mode(tower_byok::PoolMode::Transaction);
+            if !direct.is_empty() {
+                store = store.direct_url(direct).unwrap();
+            }
+        }
+        build!(store)
     }
 }
 
@@ -100,7 +113,8 @@ async fn reader() {
     let watch = std::env::var(WATCH).as_deref() == Ok("1");
     let listen = std::env::var(LISTEN).as_deref() == Ok("1");
     let poll = Duration::from_millis(knob("BYOK_POLL_MS", 1000));
-    let vault = open(&url, watch, listen, poll).await;
+    let pooled = std::env::var(DIRECT).ok();
+    let vault = open(&url, pooled.as_deref(), watch, listen, poll).await;
     let pending: Arc<Mutex<HashMap<String, u128>>> = Arc::default();
     let latencies: Arc<Mutex<Vec<u128>>> = Arc::default();
     let checker = {
@@ -190,8 +204,12 @@ struct Reader {
 }
 
 impl Reader {
-    fn start(url: &str, watch: bool, listen: bool) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+    fn start(url: &str, pooled: Option<&str>, watch: bool, listen: bool) -> Self {
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(direct) = pooled {
+            command.env(DIRECT, direct);
+        }
+        let mut child = command
             .args(std::env::args().skip(1))
             .env(ROLE, "reader")
             .env(DB, url)
@@ -241,6 +259,10 @@ impl Drop for Reader {
 struct Mode {
     name: &'static str,
     url: String,
+    /// Behind the transaction-mode PgBouncer: the direct URL, empty for none.
+    pooled: Option<String>,
+    /// Where the database's statistics are read, when not `url`: the server itself.
+    stats_url: Option<String>,
     watch: bool,
     listen: bool,
 }
@@ -297,33 +319,78 @@ async fn writer() {
             modes.push(Mode {
                 name: "PostgreSQL, LISTEN/NOTIFY",
                 url: fresh_postgres(&server, "byok_revocation_notify").await,
+                pooled: None,
+                stats_url: None,
                 watch: true,
                 listen: true,
             });
             modes.push(Mode {
                 name: "PostgreSQL, polling only",
                 url: fresh_postgres(&server, "byok_revocation_poll").await,
+                pooled: None,
+                stats_url: None,
                 watch: true,
                 listen: false,
             });
             modes.push(Mode {
                 name: "PostgreSQL, feed off (floor)",
                 url: fresh_postgres(&server, "byok_revocation_off").await,
+                pooled: None,
+                stats_url: None,
                 watch: false,
                 listen: false,
             });
         }
         Err(_) => println!("BYOK_TEST_POSTGRES_URL is not set: PostgreSQL modes skipped"),
     }
+    match (
+        std::env::var("BYOK_TEST_POSTGRES_URL"),
+        std::env::var("BYOK_TEST_PGBOUNCER_TRANSACTION_URL"),
+    ) {
+        (Ok(server), Ok(pooler)) => {
+            for (name, db, listen) in [
+                (
+                    "PgBouncer (transaction), LISTEN over a direct URL",
+                    "byok_revocation_pgb_listen",
+                    true,
+                ),
+                (
+                    "PgBouncer (transaction), polling only",
+                    "byok_revocation_pgb_poll",
+                    false,
+                ),
+            ] {
+                let direct = fresh_postgres(&server, db).await;
+                let (host, _) = pooler.rsplit_once('/').unwrap();
+                modes.push(Mode {
+                    name,
+                    url: format!("{host}/{db}"),
+                    pooled: Some(if listen {
+                        direct.clone()
+                    } else {
+                        String::new()
+                    }),
+                    stats_url: Some(direct),
+                    watch: true,
+                    listen,
+                });
+            }
+        }
+        _ => println!("BYOK_TEST_PGBOUNCER_TRANSACTION_URL is not set: PgBouncer modes skipped"),
+    }
     modes.push(Mode {
         name: "SQLite, polling",
         url: sqlite("poll.db"),
+        pooled: None,
+        stats_url: None,
         watch: true,
         listen: false,
     });
     modes.push(Mode {
         name: "SQLite, feed off (floor)",
         url: sqlite("off.db"),
+        pooled: None,
+        stats_url: None,
         watch: false,
         listen: false,
     });
@@ -333,8 +400,12 @@ async fn writer() {
     );
     println!("| mode | revocations | missed | p50 ms | p99 ms | max ms | idle CPU µs/s | DB transactions/s | hit ns |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for mode in &modes {
-        let writer = open(&mode.url, false, false, Duration::from_secs(1)).await;
+    // `BYOK_MODES=PgBouncer` runs only the modes whose name contains it.
+    let only = std::env::var("BYOK_MODES").unwrap_or_default();
+    for mode in modes.iter().filter(|m| m.name.contains(only.as_str())) {
+        let stats_url = mode.stats_url.as_deref().unwrap_or(&mode.url);
+        let pooled = mode.pooled.as_deref();
+        let writer = open(&mode.url, pooled, false, false, Duration::from_secs(1)).await;
         let users: Vec<String> = (0..revocations).map(|i| format!("user-{i}")).collect();
         for user in &users {
             writer
@@ -342,7 +413,7 @@ async fn writer() {
                 .await
                 .unwrap();
         }
-        let mut reader = Reader::start(&mode.url, mode.watch, mode.listen);
+        let mut reader = Reader::start(&mode.url, pooled, mode.watch, mode.listen);
         for user in &users {
             assert_eq!(reader.ask(&format!("load {user}")), "ok");
         }
@@ -378,11 +449,11 @@ async fn writer() {
         // for everything before the window to be counted, and after it, stop the reader
         // (SIGSTOP) and wait again, so that exactly its window is counted.
         tokio::time::sleep(Duration::from_secs(if full { 11 } else { 1 })).await;
-        let before = xact_commits(&mode.url).await;
+        let before = xact_commits(stats_url).await;
         let idle = reader.ask(&format!("idle {idle_seconds}"));
         reader.signal("STOP");
         tokio::time::sleep(Duration::from_secs(if full { 11 } else { 1 })).await;
-        let after = xact_commits(&mode.url).await;
+        let after = xact_commits(stats_url).await;
         reader.signal("CONT");
         let idle_ns: f64 = idle.trim_start_matches("idle ").parse().unwrap();
         let per_second = |n: f64| n / idle_seconds as f64;

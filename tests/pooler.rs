@@ -355,3 +355,31 @@ async fn a_pgbouncer_restart_mid_load_fails_closed_and_recovers() {
     );
     drop(bouncer);
 }
+
+/// A direct URL may hold a password: the store's `Debug` says only that it has one, and
+/// a malformed one is refused without being repeated.
+#[tokio::test]
+async fn the_direct_url_stays_out_of_debug_and_errors() {
+    let lazy = || {
+        sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://app:pool-hunter2@127.0.0.1:1/app")
+            .unwrap()
+    };
+    let store = PostgresStore::from_pool(lazy())
+        .pool_mode(PoolMode::Transaction)
+        .direct_url("postgres://app:direct-hunter2@db.internal:5432/app")
+        .unwrap();
+    let debug = format!("{store:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(
+        debug.contains("Transaction") && debug.contains("<set>"),
+        "{debug}"
+    );
+
+    let err = PostgresStore::from_pool(lazy())
+        .direct_url("postgres://app:direct-hunter2@db.internal:port/app")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store);
+    let shown = format!("{err} {err:?} {:?}", std::error::Error::source(&err));
+    assert!(!shown.contains("hunter2"), "{shown}");
+}

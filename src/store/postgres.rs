@@ -41,8 +41,8 @@ pub enum PoolMode {
     /// Each transaction may run on another server connection, and the pooler keeps no
     /// prepared statement (PgBouncer before 1.21, or without `max_prepared_statements`).
     /// Every statement is unnamed and runs inside an explicit transaction, so its
-    /// parse, bind and execute reach the same server: a read costs two more round trips
-    /// (`BEGIN`, `COMMIT`) and a parse each time (BENCHMARKS.md §10).
+    /// parse, bind and execute reach the same server: a read costs three more round
+    /// trips (`BEGIN`, the parse, `COMMIT`); BENCHMARKS.md §10 has the figures.
     Transaction,
 }
 

@@ -132,9 +132,11 @@ impl<S: KeyStore> VaultBuilder<S> {
     /// connection of the vault's own (not one of the pool's), so that changes are seen
     /// within milliseconds. Default `true`.
     ///
-    /// Turn it off behind a pooler in transaction mode (PgBouncer's `pool_mode =
-    /// transaction`), where `LISTEN` silently hears nothing: the vault then relies on the
-    /// [`poll_interval`](Self::poll_interval) alone.
+    /// The listener connects over the store's direct URL when it has one
+    /// (`PostgresStore::direct_url`). A store in `PoolMode::Transaction` without one does
+    /// not listen at all, whatever this says: through a pooler in transaction mode a
+    /// `LISTEN` hears nothing and leaves a listening server connection to other clients.
+    /// Turned off, the vault relies on the [`poll_interval`](Self::poll_interval) alone.
     pub fn listen_for_changes(mut self, listen: bool) -> Self {
         self.feed.listen = listen;
         self
