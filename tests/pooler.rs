@@ -383,3 +383,61 @@ async fn the_direct_url_stays_out_of_debug_and_errors() {
     let shown = format!("{err} {err:?} {:?}", std::error::Error::source(&err));
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+/// README "Poolers and managed PostgreSQL": behind a session-mode pooler with fewer server
+/// connections than the app's connections, a load that needs a new connection waits for
+/// a server connection and fails after the load timeout with `ErrorKind::Timeout`, and
+/// PgBouncer's `SHOW POOLS` shows a client waiting meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undersized_session_pooler_times_loads_out_visibly() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let name = db.pg_options().get_database().unwrap().to_owned();
+    // One server connection.
+    let bouncer = tokio::task::spawn_blocking(|| common::pgbouncer::PgBouncer::start("session", 1))
+        .await
+        .unwrap();
+    let options = bouncer
+        .url(&name)
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .extra_float_digits(None);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool(pool);
+    let vault = Vault::builder(store.clone(), keyring())
+        .watch_changes(false)
+        .load_timeout(Duration::from_millis(500))
+        .open()
+        .await
+        .unwrap();
+    vault.put("alice", "openai", "sk-alice-1").await.unwrap();
+    vault.forget_cached("alice");
+    // Another client keeps a connection, and with it the only server connection: the
+    // pool's connection, taken out of the pool and kept open.
+    let other = store.pool().acquire().await.unwrap().detach();
+    let load = tokio::spawn({
+        let vault = vault.clone();
+        async move { vault.keys_for("alice").await }
+    });
+    within_bound("SHOW POOLS shows the load waiting", || async {
+        bouncer.clients_waiting().await > 0
+    })
+    .await;
+    let err = load.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err:?}");
+    // With the server connection free again, the same vault loads.
+    drop(other);
+    within_bound(
+        "the load succeeds once a server connection is free",
+        || async {
+            vault
+                .keys_for("alice")
+                .await
+                .is_ok_and(|keys| keys.len() == 1)
+        },
+    )
+    .await;
+}

@@ -40,6 +40,7 @@ impl PgBouncer {
                  unix_socket_dir =\nauth_type = trust\nauth_file = {users}\n\
                  pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n\
                  max_client_conn = 1000\nserver_idle_timeout = 2\n\
+                 admin_users = postgres\n\
                  logfile = {log}\npidfile = {pid}\n",
                 host = server.get_host(),
                 server_port = server.get_port(),
@@ -60,6 +61,27 @@ impl PgBouncer {
         };
         bouncer.start_again();
         bouncer
+    }
+
+    /// How many clients wait for a server connection now, over all pools: `cl_waiting`
+    /// of PgBouncer's `SHOW POOLS`, read on its admin console.
+    pub async fn clients_waiting(&self) -> i64 {
+        use sqlx::{Connection as _, Row as _};
+        let options = sqlx::postgres::PgConnectOptions::from_str(&self.url("pgbouncer"))
+            .unwrap()
+            .extra_float_digits(None);
+        let mut console = sqlx::PgConnection::connect_with(&options).await.unwrap();
+        // The console speaks only the simple query protocol.
+        let rows = sqlx::raw_sql("SHOW POOLS")
+            .fetch_all(&mut console)
+            .await
+            .unwrap();
+        let waiting = rows
+            .iter()
+            .map(|row| i64::from(row.try_get::<i32, _>("cl_waiting").unwrap()))
+            .sum();
+        let _ = console.close().await;
+        waiting
     }
 
     /// This database through this PgBouncer, as a URL.
