@@ -58,6 +58,7 @@ impl fmt::Debug for Config {
 
 /// Adds the single-developer keys if on, checks the required providers, and puts the
 /// keys into the request.
+#[inline(always)]
 pub(crate) fn prepare<B>(
     request: &mut Request<B>,
     keys: UserKeys,

@@ -108,14 +108,30 @@ where
             return no_user(inner, request, &shared.config);
         }
         let user = user.into_owned();
-        let vault = shared.vault.clone();
-        let load = Box::pin(async move { vault.cached(&user).await });
-        ResponseFuture::load(load, inner, request, shared.config.clone())
+        load(inner, request, user, shared)
     }
+}
+
+/// A miss: the keys are loaded in a boxed future, the request waits in the response
+/// future. Out of line, so that the hit path's code stays small enough to be inlined.
+#[inline(never)]
+fn load<S, R, B>(
+    inner: S,
+    request: Request<B>,
+    user: String,
+    shared: &Shared<R>,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    let vault = shared.vault.clone();
+    let load = Box::pin(async move { vault.cached(&user).await });
+    ResponseFuture::load(load, inner, request, shared.config.clone())
 }
 
 /// A request without a (valid) user: answered 401 if a user is required, else passed on
 /// marked [`NoUser`].
+#[inline(never)]
 fn no_user<S, B>(mut inner: S, mut request: Request<B>, config: &Config) -> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,

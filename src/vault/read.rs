@@ -82,6 +82,7 @@ impl Vault {
     }
 
     /// The cached keys of an already validated user id, if present: no waiting.
+    #[inline]
     pub(crate) fn cache_hit(&self, user_id: &str) -> Option<UserKeys> {
         self.inner.cache.get(user_id)
     }
