@@ -3,10 +3,14 @@
 # noisy machine), minus the bare service's. See benches/callgrind.rs for the variants.
 #
 #   bash benches/callgrind.sh [requests]      (default 100000)
-#   bash benches/callgrind.sh miss [misses]   (default 2000): instructions per cache miss
+#   bash benches/callgrind.sh miss [misses]   (default 2000): instructions per cache miss,
+#       and per miss beside its floor (raw select + decrypt) on SQLite, and on PostgreSQL
+#       too when BYOK_TEST_POSTGRES_URL is set (`bash .ci/test --run` sets it) and the
+#       driver has the `postgres` feature (CALLGRIND_FEATURES=postgres)
 #
-# Needs valgrind. Builds the `callgrind` bench target in the bench profile first, unless
-# CALLGRIND_EXE names an already built driver (e.g. one built from another commit).
+# Needs valgrind. Builds the `callgrind` bench target in the bench profile first (with
+# CALLGRIND_FEATURES, e.g. `metrics`), unless CALLGRIND_EXE names an already built
+# driver (e.g. one built from another commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=hit
@@ -15,7 +19,7 @@ if [[ "${1:-}" == miss ]]; then
   shift
 fi
 n="${1:-$([[ $mode == miss ]] && echo 2000 || echo 100000)}"
-exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
+exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --features "${CALLGRIND_FEATURES:-}" --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -32,6 +36,14 @@ if [[ $mode == miss ]]; then
   echo "driver $exe, $n misses"
   ir=$(count byok_miss)
   printf '%-20s %12.0f\n' 'byok_miss Ir/miss' "$(echo "$ir / $n" | bc -l)"
+  backends=sqlite
+  [[ -n ${BYOK_TEST_POSTGRES_URL:-} && ,${CALLGRIND_FEATURES:-}, == *,postgres,* ]] && backends+=" postgres"
+  printf '%-10s %14s %14s %8s\n' backend 'byok Ir/miss' 'raw Ir/miss' ratio
+  for b in $backends; do
+    byok=$(count "miss_byok_$b")
+    raw=$(count "miss_raw_$b")
+    printf '%-10s %14.0f %14.0f %8.3f\n' "$b" "$(echo "$byok / $n" | bc -l)" "$(echo "$raw / $n" | bc -l)" "$(echo "$byok / $raw" | bc -l)"
+  done
   exit 0
 fi
 echo "driver $exe, $n requests each"
