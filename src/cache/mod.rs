@@ -10,7 +10,7 @@
 //!
 //! moka's cache-wide `time_to_live` rather than a per-entry `Expiry`: moka's read path
 //! for a per-entry expiry converts its clock to `std::time::Instant` three times and
-//! calls the expiry on every hit (about 500 instructions, BENCHMARKS.md §1). An entry
+//! calls the expiry on every hit (about 250 instructions, BENCHMARKS.md §1). An entry
 //! that must end sooner than moka's TTL (a key expiring before it, or freshness under a
 //! stale-if-error bound) carries its own deadline, checked on each hit with one clock
 //! read; other entries need no clock read of ours.
