@@ -3,19 +3,25 @@
 # noisy machine), minus the bare service's. See benches/callgrind.rs for the variants.
 #
 #   bash benches/callgrind.sh [requests]      (default 100000)
-#   bash benches/callgrind.sh miss [misses]   (default 2000): instructions per cache miss
+#   bash benches/callgrind.sh server [requests] (default 2000): instructions per request
+#       in an axum server process on loopback, with and without the layer
+#   bash benches/callgrind.sh miss [misses]   (default 2000): instructions per cache miss,
+#       and per miss beside its floor (raw select + decrypt) on SQLite, and on PostgreSQL
+#       too when BYOK_TEST_POSTGRES_URL is set (`bash .ci/test --run` sets it) and the
+#       driver has the `postgres` feature (CALLGRIND_FEATURES=postgres)
 #
-# Needs valgrind. Builds the `callgrind` bench target in the bench profile first, unless
-# CALLGRIND_EXE names an already built driver (e.g. one built from another commit).
+# Needs valgrind. Builds the `callgrind` bench target in the bench profile first (with
+# CALLGRIND_FEATURES, e.g. `metrics`), unless CALLGRIND_EXE names an already built
+# driver (e.g. one built from another commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=hit
-if [[ "${1:-}" == miss ]]; then
-  mode=miss
+if [[ "${1:-}" == miss || "${1:-}" == server ]]; then
+  mode=$1
   shift
 fi
-n="${1:-$([[ $mode == miss ]] && echo 2000 || echo 100000)}"
-exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --message-format=json 2>/dev/null \
+n="${1:-$([[ $mode == hit ]] && echo 100000 || echo 2000)}"
+exe=${CALLGRIND_EXE:-$(cargo bench --bench callgrind --no-run --features "${CALLGRIND_FEATURES:-}" --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
@@ -25,13 +31,33 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 count() {
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*drive_requests*' \
-    --callgrind-out-file="$out/$1.out" "$exe" "$1" "$n" >/dev/null 2>"$out/$1.log"
+    --callgrind-out-file="$out/$1.out" "$exe" "$1" "${2:-$n}" >/dev/null 2>"$out/$1.log"
   grep -m1 '^summary:' "$out/$1.out" | awk '{print $2}'
 }
+if [[ $mode == server ]]; then
+  echo "driver $exe, $n and $((2 * n)) requests each, server process only"
+  printf '%-12s %12s\n' variant Ir/request
+  for v in axum_bare axum_floor axum_byok; do
+    per=$(echo "($(count "$v" $((2 * n))) - $(count "$v"))/ $n" | bc -l)
+    printf '%-12s %12.1f\n' "$v" "$per"
+    declare "ir_$v=$per"
+  done
+  printf '%-12s %12.1f\n' 'byok - bare' "$(echo "$ir_axum_byok - $ir_axum_bare" | bc -l)"
+  printf '%-12s %12.1f\n' 'floor - bare' "$(echo "$ir_axum_floor - $ir_axum_bare" | bc -l)"
+  exit 0
+fi
 if [[ $mode == miss ]]; then
   echo "driver $exe, $n misses"
   ir=$(count byok_miss)
   printf '%-20s %12.0f\n' 'byok_miss Ir/miss' "$(echo "$ir / $n" | bc -l)"
+  backends=sqlite
+  [[ -n ${BYOK_TEST_POSTGRES_URL:-} && ,${CALLGRIND_FEATURES:-}, == *,postgres,* ]] && backends+=" postgres"
+  printf '%-10s %14s %14s %8s\n' backend 'byok Ir/miss' 'raw Ir/miss' ratio
+  for b in $backends; do
+    byok=$(count "miss_byok_$b")
+    raw=$(count "miss_raw_$b")
+    printf '%-10s %14.0f %14.0f %8.3f\n' "$b" "$(echo "$byok / $n" | bc -l)" "$(echo "$raw / $n" | bc -l)" "$(echo "$byok / $raw" | bc -l)"
+  done
   exit 0
 fi
 echo "driver $exe, $n requests each"

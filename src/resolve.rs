@@ -120,13 +120,23 @@ impl FromHeader {
 impl<B> ResolveUser<B> for FromHeader {
     fn resolve<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
         // A header sent twice names no user: which copy the gateway meant is unknown, and
-        // an appended copy must never pick the user.
-        let mut values = request.headers().get_all(&self.name).iter();
-        let value = values.next()?;
-        if values.next().is_some() {
-            return None;
-        }
-        let value = value.to_str().ok()?.trim();
+        // an appended copy must never pick the user. One lookup either way: when no
+        // name in the map has a second value (as many values as names), `get` is the
+        // only value; otherwise the values of this name are counted.
+        let headers = request.headers();
+        let value = if headers.len() == headers.keys_len() {
+            headers.get(&self.name)?
+        } else {
+            let mut values = headers.get_all(&self.name).iter();
+            let value = values.next()?;
+            if values.next().is_some() {
+                return None;
+            }
+            value
+        };
+        // `to_str` admits visible ASCII, spaces and tabs only, so trimming ASCII
+        // whitespace is the whole of `str::trim` here, without decoding chars.
+        let value = value.to_str().ok()?.trim_ascii();
         (!value.is_empty()).then_some(Cow::Borrowed(value))
     }
 }
@@ -169,5 +179,67 @@ where
         (self.f)(request)
             .filter(|id| !id.is_empty())
             .map(Cow::Owned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// What `FromHeader` finds in a request with these headers.
+    fn from_header(headers: &[(&'static str, &[u8])]) -> Option<String> {
+        let mut request = Request::new(());
+        for (name, value) in headers {
+            let value = http::HeaderValue::from_bytes(value).unwrap();
+            request.headers_mut().append(*name, value);
+        }
+        FromHeader::new("x-user")
+            .resolve(&request)
+            .map(Cow::into_owned)
+    }
+
+    #[test]
+    fn from_header_trims_and_rejects_a_repeated_or_unreadable_header() {
+        assert_eq!(
+            from_header(&[("x-user", b"alice")]).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            from_header(&[("x-user", b" \talice \t")]).as_deref(),
+            Some("alice"),
+            "trimmed as str::trim would"
+        );
+        assert_eq!(from_header(&[]), None);
+        assert_eq!(from_header(&[("x-user", b" \t ")]), None, "blank");
+        assert_eq!(
+            from_header(&[("x-user", b"al\xc3\xafce")]),
+            None,
+            "not visible ASCII"
+        );
+        // Repeated, alone and beside other headers, repeated or not: with no other
+        // header repeated, and with one.
+        assert_eq!(
+            from_header(&[("x-user", b"alice"), ("x-user", b"bob")]),
+            None
+        );
+        assert_eq!(
+            from_header(&[
+                ("accept", b"*/*"),
+                ("x-user", b"alice"),
+                ("x-user", b"alice")
+            ]),
+            None
+        );
+        assert_eq!(
+            from_header(&[("cookie", b"a=1"), ("cookie", b"b=2"), ("x-user", b"alice")]).as_deref(),
+            Some("alice"),
+            "another header's repeats are not this one's"
+        );
+        assert_eq!(
+            from_header(&[("x-user", b"alice"), ("cookie", b"a=1"), ("x-user", b"bob")]),
+            None
+        );
     }
 }

@@ -35,6 +35,7 @@ per_backend!(
     undecryptable_keys_answer_500_and_never_fall_back,
     user_from_an_upstream_auth_extension,
     every_rejection_carries_its_kind_and_takes_a_custom_body,
+    an_invalid_user_id_never_reaches_the_store_or_the_cache,
 );
 
 // The same tests through PgBouncer, in transaction and in session mode.
@@ -527,6 +528,59 @@ async fn user_from_an_upstream_auth_extension(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A hit is served without validating the id again (only validated ids are ever loaded
+/// into the cache), so the check before a load is all that keeps an invalid id out of
+/// the store and the cache: each one is no user, and none is ever loaded, not even one
+/// that differs from a cached user's id only by the whitespace it must not have.
+async fn an_invalid_user_id_never_reaches_the_store_or_the_cache(backend: Backend) {
+    use tower::ServiceExt;
+    let db = TestDb::new(backend).await;
+    let (vault, probe) = db.open_probed(keyring(), Opts::default()).await;
+    vault.put("alice", "openai", "sk-alice").await.unwrap();
+    let router = Router::new().route("/keys", get(keys_handler)).layer(
+        ByokLayer::new(vault, FromExtension::new(|c: &Claims| c.sub.as_str()))
+            .with_require_user(true),
+    );
+    let ask = |sub: String| {
+        let router = router.clone();
+        async move {
+            let mut req = http::Request::get("/keys")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            req.extensions_mut().insert(Claims { sub });
+            router.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(ask("alice".to_owned()).await, StatusCode::OK);
+    assert_eq!(
+        probe.loads(),
+        1,
+        "alice's keys are loaded once, then cached"
+    );
+    let invalid = [
+        " alice".to_owned(),
+        "alice ".to_owned(),
+        "alice\t".to_owned(),
+        "al\u{7}ice".to_owned(),
+        "al\u{85}ice".to_owned(),
+        "alice\0".to_owned(),
+        "a".repeat(256),
+    ];
+    for _ in 0..2 {
+        for sub in &invalid {
+            let status = ask(sub.clone()).await;
+            assert_eq!(probe.loads(), 1, "{sub:?} reached the store");
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{sub:?}");
+        }
+    }
+    assert_eq!(ask("alice".to_owned()).await, StatusCode::OK);
+    assert_eq!(
+        probe.loads(),
+        1,
+        "no invalid id was loaded, so none was cached"
+    );
 }
 
 /// A resolver that answers with an empty id has found no user.

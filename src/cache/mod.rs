@@ -1,17 +1,25 @@
 //! The per-user key cache: one moka cache, single-flight loads, invalidation.
 //!
 //! Each user's keys live in exactly one structure, a [`moka::sync::Cache`]: moka decides
-//! who stays (its capacity bound with TinyLFU admission) and for how long (a per-entry
-//! [`Expiry`]), and hits are served by moka's own `get`. There is no second index to
-//! keep in step, no eviction listener, and no task spawned per miss: a load's result is
-//! inserted before the load returns (Tokio is needed only for the load timeout's timer).
-//! The price is the hit path: a moka `get` records each read for its policy, about 1,100
-//! instructions, where the index it replaced read in 200 (BENCHMARKS.md §1).
+//! who stays (its capacity bound with TinyLFU admission) and for how long (its
+//! `time_to_live`: the TTL, plus the stale-if-error bound if any), and every hit is
+//! served by moka's own `get`. There is no second index to keep in step, no eviction
+//! listener, and no task spawned per miss: a load's result is inserted before the load
+//! returns (Tokio is needed only for the load timeout's timer). moka's `get` records
+//! each read for its policy, most of a hit's cost (BENCHMARKS.md §1).
+//!
+//! moka's cache-wide `time_to_live` rather than a per-entry `Expiry`: moka's read path
+//! for a per-entry expiry converts its clock to `std::time::Instant` three times and
+//! calls the expiry on every hit (about 250 instructions, BENCHMARKS.md §1). An entry
+//! that must end sooner than moka's TTL (a key expiring before it, or freshness under a
+//! stale-if-error bound) carries its own deadline, checked on each hit with one clock
+//! read; other entries need no clock read of ours.
 //!
 //! What holds, each guarded by a unit test in `tests.rs`:
-//! - an entry is served as fresh at most until the TTL or its earliest key expiry,
-//!   whichever comes first: moka checks each entry's deadline on every `get`, whatever
-//!   its housekeeping is doing;
+//! - an entry is served as fresh at most until the TTL (counted by moka from the
+//!   insert) or its earliest key expiry, whichever comes first: moka checks the TTL on
+//!   every `get`, whatever its housekeeping is doing, and [`KeyCache::get`] the
+//!   entry's own earlier deadline;
 //! - about its capacity of users is served from it once moka's pending work has run
 //!   (moka applies its capacity bound in batches, so briefly a few more may be held);
 //! - concurrent misses of one user share one load; a waiter whose leader is cancelled
@@ -24,6 +32,11 @@
 //!   [stale](UserKeys::is_stale), at most that bound past the TTL, never past a key's own
 //!   expiry, and never once the user (or every user) was invalidated.
 //!
+//! Only user ids that passed [`validate::user_id`](crate::validate) are ever loaded or
+//! inserted (callers check before [`get_or_load`](KeyCache::get_or_load)), so a lookup
+//! with an unchecked id can only miss: the request path looks up first and validates
+//! only on a miss.
+//!
 //! Loads are guarded by generations so that a load which raced a write cannot put the
 //! older keys back: the generation check and moka's insert happen under one lock, which
 //! `invalidate` also takes.
@@ -34,7 +47,6 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use moka::Expiry;
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, ErrorKind};
@@ -42,40 +54,29 @@ use crate::keys::UserKeys;
 use crate::metrics::{CacheCounters, LoadTimer};
 
 type Hasher = foldhash::fast::RandomState;
-type Entries = moka::sync::Cache<Arc<str>, Entry, Hasher>;
+/// The entry behind an `Arc`: moka's `get` clones the value it returns, and one
+/// reference count costs fewer instructions than copying the entry through moka's layers.
+type Entries = moka::sync::Cache<Arc<str>, Arc<Entry>, Hasher>;
 
 /// Invalidations are counted per stripe of users: a write to one user makes concurrent
 /// loads of the users sharing its stripe skip caching once, which is harmless.
 const STRIPES: usize = 64;
 
-#[derive(Clone)]
+/// moka refuses a `time_to_live` over 1,000 years; a longer TTL is as good as forever.
+const MOKA_MAX_TTL: Duration = Duration::from_secs(1_000 * 365 * 24 * 3600);
+
 struct Entry {
     keys: UserKeys,
-    /// Until this instant (the TTL) the entry is served on a hit, if moka still holds it.
+    /// Served on a hit until this instant, when that is sooner than moka's TTL would
+    /// allow: the earliest key expiry, or the freshness deadline under a stale-if-error
+    /// bound. `None` leaves it to moka's TTL alone, and a hit reads no clock of ours.
+    serve_until: Option<Instant>,
+    /// Until this instant (the TTL) the entry is fresh.
     fresh_until: Instant,
-    /// When moka drops the entry: the TTL, plus the stale-if-error bound if any, or the
-    /// earliest key expiry if sooner.
+    /// Until this instant it may be served stale: the TTL plus the stale-if-error bound,
+    /// or the earliest key expiry if sooner. moka drops it at its own TTL, this bound
+    /// counted from the insert.
     keep_until: Instant,
-}
-
-/// moka's per-entry expiry: each entry leaves at its own `keep_until`, also when a newer
-/// load replaces it.
-struct Deadline;
-
-impl Expiry<Arc<str>, Entry> for Deadline {
-    fn expire_after_create(&self, _: &Arc<str>, entry: &Entry, now: Instant) -> Option<Duration> {
-        Some(entry.keep_until.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Arc<str>,
-        entry: &Entry,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(entry.keep_until.saturating_duration_since(now))
-    }
 }
 
 /// One load in progress, shared by every request that misses on the same user.
@@ -113,9 +114,10 @@ impl KeyCache {
         stale_if_error: Option<Duration>,
     ) -> Self {
         let hasher = Hasher::default();
+        let keep = ttl.saturating_add(stale_if_error.unwrap_or(Duration::ZERO));
         let entries = moka::sync::Cache::builder()
             .max_capacity(capacity)
-            .expire_after(Deadline)
+            .time_to_live(keep.min(MOKA_MAX_TTL))
             .build_with_hasher(hasher.clone());
         Self {
             entries,
@@ -142,37 +144,49 @@ impl KeyCache {
     }
 
     /// The cached keys of a user, without waiting: the request path's fast lane.
+    #[inline]
     pub(crate) fn get(&self, user_id: &str) -> Option<UserKeys> {
         let entry = self.entries.get(user_id)?;
-        // Without a stale-if-error bound, moka's deadline is the freshness deadline and
-        // moka has checked it; with one, an entry outlives its freshness.
-        if self.stale_if_error.is_some() && entry.fresh_until <= Instant::now() {
+        // moka has checked its TTL; an entry that ends sooner says so.
+        if entry
+            .serve_until
+            .is_some_and(|until| until <= Instant::now())
+        {
             return None;
         }
         self.counters.hit();
-        Some(entry.keys)
+        Some(entry.keys.clone())
     }
 
     /// Caches freshly loaded keys. Called under the shared lock, after the generation
     /// check, so that an invalidation is either before (no insert) or after (removes it).
     fn insert(&self, user_id: Arc<str>, keys: &UserKeys) {
         let now = Instant::now();
-        let fresh_until = now + self.ttl;
-        let mut keep_until = fresh_until + self.stale_if_error.unwrap_or(Duration::ZERO);
+        let fresh_until = now.checked_add(self.ttl).unwrap_or(now + MOKA_MAX_TTL);
+        let mut keep_until = fresh_until
+            .checked_add(self.stale_if_error.unwrap_or(Duration::ZERO))
+            .unwrap_or(fresh_until);
+        // Under a bound, moka keeps the entry past its freshness: each hit checks it.
+        let mut serve_until = self.stale_if_error.map(|_| fresh_until);
         if let Some(expiry) = keys.earliest_expiry() {
             let left = expiry
                 .duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO);
-            // moka drops the entry then, fresh or not: no expired key is ever served.
-            keep_until = keep_until.min(now + left);
+            let expires = now.checked_add(left).unwrap_or(keep_until);
+            // No expired key is ever served, fresh or stale.
+            keep_until = keep_until.min(expires);
+            if expires < fresh_until {
+                serve_until = Some(expires);
+            }
         }
         self.entries.insert(
             user_id,
-            Entry {
+            Arc::new(Entry {
                 keys: keys.clone(),
+                serve_until,
                 fresh_until,
                 keep_until,
-            },
+            }),
         );
     }
 
@@ -263,21 +277,25 @@ impl KeyCache {
     }
 
     /// The user's entry past its TTL, marked stale, if the stale-if-error bound lets it be
-    /// served (moka's `get` checks `keep_until`: the bound, and the key expiry).
+    /// served (moka's `get` checks the TTL plus the bound; `keep_until` is checked here
+    /// too, for a key expiry and the bound counted from the load).
     fn stale(&self, user_id: &str) -> Option<UserKeys> {
         self.stale_if_error?;
         let entry = self.entries.get(user_id)?;
         let now = Instant::now();
+        if entry.keep_until <= now {
+            return None;
+        }
         if entry.fresh_until > now {
             // A load of this user finished meanwhile: its keys are fresh.
-            return Some(entry.keys);
+            return Some(entry.keys.clone());
         }
         tracing::warn!(
             past_ttl = ?now.duration_since(entry.fresh_until),
             "loading a user's keys failed; serving them stale from the cache"
         );
         self.counters.stale_served();
-        Some(entry.keys.into_stale())
+        Some(entry.keys.clone().into_stale())
     }
 
     /// Forgets a user's keys at once, and makes any load of that user already under way

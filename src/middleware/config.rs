@@ -58,6 +58,9 @@ impl fmt::Debug for Config {
 
 /// Adds the single-developer keys if on, checks the required providers, and puts the
 /// keys into the request.
+// Always inlined: on a hit it is most of `Byok::call`, and a call more costs the hit path
+// measurably (BENCHMARKS.md §1).
+#[inline(always)]
 pub(crate) fn prepare<B>(
     request: &mut Request<B>,
     keys: UserKeys,

@@ -40,12 +40,14 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        // The cold states are boxed so that the future a hit returns is the inner
+        // service's future and a tag, moved without copying a request or a response.
         Load {
             load: Load,
-            pending: Option<(S, Request<B>, Arc<Config>)>,
+            pending: Option<Box<(S, Request<B>, Arc<Config>)>>,
         },
         Reject {
-            response: Option<Response<Bytes>>,
+            response: Option<Box<Response<Bytes>>>,
         },
     }
 }
@@ -63,7 +65,7 @@ where
     pub(crate) fn reject(rejection: Rejection, config: &Config) -> Self {
         Self {
             state: State::Reject {
-                response: Some(config.respond(rejection)),
+                response: Some(Box::new(config.respond(rejection))),
             },
         }
     }
@@ -72,7 +74,7 @@ where
         Self {
             state: State::Load {
                 load,
-                pending: Some((service, request, config)),
+                pending: Some(Box::new((service, request, config))),
             },
         }
     }
@@ -85,23 +87,21 @@ where
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let mut this = self.as_mut().project();
             let next = match this.state.as_mut().project() {
-                StateProj::Inner { future } => {
-                    let response = ready!(future.poll(cx))?;
-                    return Poll::Ready(Ok(response));
-                }
+                StateProj::Inner { future } => return future.poll(cx),
                 StateProj::Reject { response } => {
                     let response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ResBody::from)));
+                    return Poll::Ready(Ok((*response).map(ResBody::from)));
                 }
                 StateProj::Load { load, pending } => {
                     let loaded = ready!(load.as_mut().poll(cx));
-                    let (mut service, mut request, config) = pending
+                    let (mut service, mut request, config) = *pending
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match loaded
@@ -113,7 +113,7 @@ where
                             future: service.call(request),
                         },
                         Err(rejection) => State::Reject {
-                            response: Some(config.respond(rejection)),
+                            response: Some(Box::new(config.respond(rejection))),
                         },
                     }
                 }

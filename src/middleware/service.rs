@@ -79,6 +79,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // Take the service that `poll_ready` made ready, leave a clone in its place:
         // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services
@@ -86,20 +87,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
         let shared = &*self.shared;
-        let user = shared
-            .resolver
-            .resolve(&request)
-            .filter(|id| crate::validate::user_id(id).is_ok());
-        let Some(user) = user else {
-            if shared.config.require_user {
-                return ResponseFuture::reject(Rejection::Unauthenticated, &shared.config);
-            }
-            request.extensions_mut().insert(NoUser);
-            return ResponseFuture::inner(inner.call(request));
+        let Some(user) = shared.resolver.resolve(&request) else {
+            return no_user(inner, request, &shared.config);
         };
 
         // The fast lane: a synchronous cache lookup and an extension insert, no boxed
-        // future and no database.
+        // future and no database. Not validated first: only validated ids are ever
+        // loaded into the cache, so an invalid one can only miss (src/cache/mod.rs).
         if let Some(keys) = shared.vault.cache_hit(&user) {
             drop(user);
             return match prepare(&mut request, keys, &shared.config) {
@@ -108,9 +102,43 @@ where
             };
         }
 
+        // Before any load: an id that is not valid names no user.
+        if crate::validate::user_id(&user).is_err() {
+            drop(user);
+            return no_user(inner, request, &shared.config);
+        }
         let user = user.into_owned();
-        let vault = shared.vault.clone();
-        let load = Box::pin(async move { vault.cached(&user).await });
-        ResponseFuture::load(load, inner, request, shared.config.clone())
+        load(inner, request, user, shared)
     }
+}
+
+/// A miss: the keys are loaded in a boxed future, the request waits in the response
+/// future. Out of line, so that the hit path's code stays small enough to be inlined.
+#[inline(never)]
+fn load<S, R, B>(
+    inner: S,
+    request: Request<B>,
+    user: String,
+    shared: &Shared<R>,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    let vault = shared.vault.clone();
+    let load = Box::pin(async move { vault.cached(&user).await });
+    ResponseFuture::load(load, inner, request, shared.config.clone())
+}
+
+/// A request without a (valid) user: answered 401 if a user is required, else passed on
+/// marked [`NoUser`].
+#[inline(never)]
+fn no_user<S, B>(mut inner: S, mut request: Request<B>, config: &Config) -> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    if config.require_user {
+        return ResponseFuture::reject(Rejection::Unauthenticated, config);
+    }
+    request.extensions_mut().insert(NoUser);
+    ResponseFuture::inner(inner.call(request))
 }

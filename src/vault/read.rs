@@ -81,7 +81,9 @@ impl Vault {
         metrics::invalidated(Source::Local, Scope::User);
     }
 
-    /// The cached keys of an already validated user id, if present: no waiting.
+    /// The cached keys of a user id, if present: no waiting. The id need not have been
+    /// validated: only validated ids are ever cached, so any other one misses.
+    #[inline]
     pub(crate) fn cache_hit(&self, user_id: &str) -> Option<UserKeys> {
         self.inner.cache.get(user_id)
     }
