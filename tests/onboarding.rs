@@ -5,9 +5,9 @@
 //! rest; the legacy file imported after a dry run, with a backup; an uploaded `.env`
 //! kept for one hour.
 //!
-//! The server is this test binary started again in server mode ([`child_server`]), which
-//! runs the example's own start-up code; a restart kills that process and starts another
-//! on the same database.
+//! The server is this test binary started again in server mode ([`child_server`], see
+//! `tests/onboarding_app/`), which runs the example's own start-up code; a restart kills
+//! that process and starts another on the same database.
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -18,23 +18,13 @@
 
 mod common;
 
-#[path = "../examples/onboarding/app.rs"]
-mod app;
-#[path = "../examples/onboarding/auth.rs"]
-mod auth;
-#[path = "../examples/onboarding/db.rs"]
-mod db;
-#[path = "../examples/onboarding/legacy.rs"]
-mod legacy;
-#[path = "../examples/onboarding/pages.rs"]
-mod pages;
-#[path = "../examples/onboarding/server.rs"]
-mod server;
+mod onboarding_app;
 
-use std::io::{BufRead, BufReader, Read as _};
+use onboarding_app::{app, auth, db};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,8 +37,6 @@ use serde_json::{json, Value};
 
 use common::{Backend, TestDb};
 
-/// Set in a server process: what it serves is in the usual `DATABASE_URL` etc.
-const CHILD: &str = "ONBOARDING_TEST_CHILD";
 const TOKEN_SECRET: &str = "a test-only token secret, at least 32 bytes long";
 
 /// Not a test: the example's server, started by the tests as a process of its own.
@@ -56,14 +44,7 @@ const TOKEN_SECRET: &str = "a test-only token secret, at least 32 bytes long";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "started by the other tests as a separate process"]
 async fn child_server() {
-    std::env::var(CHILD).expect("started by a test");
-    let stdin_closed = tokio::task::spawn_blocking(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    });
-    tokio::select! {
-        result = server::run(server::Config::from_env()) => result.unwrap(),
-        _ = stdin_closed => {}
-    }
+    onboarding_app::serve_as_child().await;
 }
 
 /// One test's world: a database, a working directory, and the settings of its servers.
@@ -101,38 +82,16 @@ impl World {
 
     /// Starts a server process with these settings and `extra` ones.
     fn start(&self, extra: &[(&str, &str)]) -> App {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "child_server", "--nocapture"])
-            .current_dir(self.dir.path())
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(extra.iter().copied())
-            .env(CHILD, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut output = Vec::new();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                panic!(
-                    "the server exited before listening; it printed:\n{}",
-                    output.join("\n")
-                )
-            };
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("onboarding example listening on http://") {
-                break rest.split(' ').next().unwrap().parse().unwrap();
-            }
-            output.push(line);
-        };
-        // Keep reading, so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr, output) = onboarding_app::start(
+            onboarding_app::child_command()
+                .current_dir(self.dir.path())
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(extra.iter().copied()),
+        );
         App {
             child,
             addr,
-            output: output.join("\n"),
+            output,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
