@@ -11,8 +11,8 @@
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`;
 //! `bash .ci/test` installs them as root): without them the test fails and says so, as
 //! the PostgreSQL tests do without a server. `BYOK_TEST_CHROMEDRIVER` and
-//! `BYOK_TEST_CHROMIUM` point at other binaries. When it fails, a screenshot of each step
-//! is in `target/onboarding-browser/`.
+//! `BYOK_TEST_CHROMIUM` point at other binaries. When it fails (or with
+//! `BYOK_TEST_SCREENSHOTS=1`), a screenshot of each step is in `target/onboarding-browser/`.
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -307,7 +307,8 @@ async fn two_users_onboard_in_a_real_browser() {
     };
     let run = tokio::spawn(scenario(browser.clone(), dir.path().to_owned(), server));
     let result = run.await;
-    if result.is_err() {
+    // BYOK_TEST_SCREENSHOTS=1 keeps them after a pass too, to look the pages over.
+    if result.is_err() || std::env::var_os("BYOK_TEST_SCREENSHOTS").is_some() {
         if let Ok(png) = client.screenshot().await {
             browser.shots.lock().unwrap().push(("failed".into(), png));
         }

@@ -216,7 +216,15 @@ async fn negotiate(req: Request, next: Next) -> Response {
             let reason = serde_json::from_str::<Value>(&text)
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| text.into_owned());
+                .unwrap_or_else(|| text.trim().to_owned());
+            let reason = match (reason.is_empty(), status) {
+                (false, _) => reason,
+                (true, StatusCode::NOT_FOUND) => "There is no page at this address.".into(),
+                (true, StatusCode::METHOD_NOT_ALLOWED) => {
+                    "This address is for sending a form, not for opening.".into()
+                }
+                (true, _) => status.canonical_reason().unwrap_or("Error").into(),
+            };
             let back = if user.is_some() {
                 ("/onboarding", "Back to onboarding")
             } else {

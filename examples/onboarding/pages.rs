@@ -155,10 +155,20 @@ pub(crate) fn key_page(view: &KeyPage<'_>) -> Html<String> {
         let status = match live(p.id) {
             Some(k) => format!(
                 "<p class=ok id={id}-status>Stored: <code>{}</code>{}. Leave the field empty \
-                 to keep it, or paste a new key to replace it.</p>",
+                 to keep it, or paste a new key to replace it.</p>{delete}",
                 escape(&k.masked),
                 expiry(k.expires_at),
-                id = p.id
+                id = p.id,
+                // A button of the key form that posts elsewhere: forms cannot nest.
+                delete = if view.step {
+                    String::new()
+                } else {
+                    format!(
+                        "<p><button id=delete-{id} formmethod=post formnovalidate \
+                         formaction=/onboarding/keys/{id}/delete>Delete this key</button></p>",
+                        id = p.id
+                    )
+                },
             ),
             None => format!("<p id={}-status>Not stored yet.</p>", p.id),
         };
@@ -199,7 +209,7 @@ pub(crate) fn key_page(view: &KeyPage<'_>) -> Html<String> {
         names.join(", ")
     ));
     if !view.step {
-        body.push_str(&delete_forms(view.keys));
+        body.push_str(&other_keys(view.keys));
     }
     let title = if view.step {
         "Step 1: your provider keys"
@@ -209,10 +219,11 @@ pub(crate) fn key_page(view: &KeyPage<'_>) -> Html<String> {
     page(Some(view.user), title, &body)
 }
 
-/// A delete button per stored key, on the "your keys" page.
-fn delete_forms(keys: &[KeyInfo]) -> String {
+/// The user's keys for other providers (from a `.env`), each with a delete button, on
+/// the "your keys" page.
+fn other_keys(keys: &[KeyInfo]) -> String {
     let rows: String = (keys.iter())
-        .filter(|k| !k.is_expired())
+        .filter(|k| !k.is_expired() && !PROVIDERS.iter().any(|p| p.id == k.provider))
         .map(|k| {
             format!(
                 "<li><code>{p}</code>: <code>{m}</code>{e} <form method=post style=display:inline \
@@ -224,9 +235,11 @@ fn delete_forms(keys: &[KeyInfo]) -> String {
         })
         .collect();
     if rows.is_empty() {
-        return "<h2>Stored keys</h2><p>None.</p>".into();
+        return String::new();
     }
-    format!("<h2>Stored keys</h2><ul id=stored>{rows}</ul>")
+    format!(
+        "<h2>Your other keys</h2><p class=hint>From a pasted <code>.env</code>.</p><ul>{rows}</ul>"
+    )
 }
 
 /// `", expires 14:05 UTC (in 59 minutes)"` for a key that expires.
@@ -367,7 +380,7 @@ pub(crate) fn done(user: &str, progress: &Progress, keys: &[KeyInfo]) -> Html<St
         "All set",
         &format!(
             "<p>You finished onboarding. Click a step to change it.</p>\
-             <ol>{rows}</ol><h2>Your keys</h2><ul>{key_rows}</ul>{note}\
+             <ol start=2>{rows}</ol><h2>Your keys</h2><ul>{key_rows}</ul>{note}\
              <p><a href=/onboarding/keys>Change or delete your keys</a> · \
              <a href=/generate>Try it</a></p>"
         ),
