@@ -152,10 +152,14 @@ pub(crate) fn app(state: AppState) -> Router {
                 .with_required_providers(REQUIRED)
                 .with_rejection_response(with_page),
         );
+    // Opening a form's address (a bookmark, a typed URL) leads to the form's page.
+    let to = |path: &'static str| get(move || async move { Redirect::to(path) });
     Router::new()
         .route("/", get(home))
-        .route("/login", post(auth::login))
-        .route("/logout", post(auth::logout))
+        .route("/login", to("/").post(auth::login))
+        .route("/logout", to("/").post(auth::logout))
+        .route("/onboarding/keys/env", to("/onboarding/keys"))
+        .route("/onboarding/step/{n}", to("/onboarding"))
         .merge(open)
         .merge(gated)
         .layer(middleware::from_fn(negotiate))
