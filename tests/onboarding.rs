@@ -137,12 +137,12 @@ impl App {
         self.send(method, path, auth, form).await
     }
 
-    /// A request with one header of the caller's choice (a bearer token, a cookie).
+    /// A request with headers of the caller's choice (a bearer token, a cookie, `Accept`).
     async fn send(
         &self,
         method: Method,
         path: &str,
-        extra: Option<(header::HeaderName, String)>,
+        extra: impl IntoIterator<Item = (header::HeaderName, String)>,
         form: &[(&str, &str)],
     ) -> Reply {
         let body: Vec<String> = form
@@ -153,7 +153,7 @@ impl App {
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if let Some((name, value)) = extra {
+        for (name, value) in extra {
             req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body.join("&")))).unwrap();
@@ -810,7 +810,7 @@ async fn bad_tokens_are_refused() {
 }
 
 /// A browser whose cookie no longer verifies (here: the server restarted with another
-/// secret, as it does with the default random one) can still log in again: the cookie
+/// secret) can still log in again: the cookie
 /// counts as none and is cleared. A bad bearer token is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_cookie_never_locks_a_browser_out() {
@@ -936,6 +936,54 @@ async fn keys_failing_their_checks_are_refused() {
         reply.body
     );
     assert_eq!(reply.json()["missing"], json!([]));
+}
+
+/// "Your keys" and sign-out for API clients, and the same rejection as a page for a
+/// browser (its `Accept` names `text/html`): a deleted key brings the gate back, whose
+/// 428 is JSON for the API client and, for the browser, a page that names the provider
+/// and links to the key step; sign-out clears the cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_brings_the_gate_back_as_json_or_as_a_page() {
+    let world = World::new(Backend::Sqlite).await;
+    let app = world.start(&[]);
+    let a = User::new("user-a", 0xa);
+    let login = app.post("/login", "", &[("user", &a.name)]).await;
+    let (token, cookie) = (
+        login.json()["token"].as_str().unwrap().to_owned(),
+        set_cookie(&login),
+    );
+    onboard(&app, &token, &a, 0..1).await;
+    let reply = app.post("/onboarding/keys/exa/delete", &token, &[]).await;
+    assert_eq!(reply.json(), json!({ "deleted": true }), "{}", reply.body);
+
+    let reply = app.get("/generate", &token).await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(reply.json()["missing"], json!(["exa"]));
+    let browser = [
+        (header::COOKIE, cookie),
+        (
+            header::ACCEPT,
+            "text/html,application/xhtml+xml,*/*;q=0.8".to_owned(),
+        ),
+    ];
+    let page = app.send(Method::GET, "/generate", browser, &[]).await;
+    assert_eq!(page.status, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(
+        page.headers[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        page.body.contains("your Exa key") && page.body.contains("href=/onboarding>"),
+        "{}",
+        page.body
+    );
+    assert!(page
+        .body
+        .contains("Signed in as <strong id=user>user-a</strong>"));
+
+    let reply = app.post("/logout", "", &[]).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(set_cookie(&reply), "onboarding_token=");
 }
 
 /// Keys stored outside the app (the admin CLI, another instance) open the later steps

@@ -547,6 +547,13 @@ async fn save_readme_shot(b: &Browser) {
     }
 }
 
+/// Without a browser the test fails and says how to install one.
+#[test]
+#[should_panic(expected = "sudo apt-get install chromium chromium-driver")]
+fn a_missing_browser_says_how_to_install_it() {
+    binary("BYOK_TEST_NO_SUCH_VARIABLE", &["/nonexistent/chromedriver"]);
+}
+
 /// The README shows the key step's screenshot this test takes, and it is there, a PNG,
 /// small enough for the package.
 #[test]
