@@ -560,8 +560,10 @@ fn a_missing_browser_says_how_to_install_it() {
 fn the_readme_shows_the_key_step_screenshot() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    // An absolute address: relative ones break on crates.io (see .ci/package).
+    let url = "https://github.com/tower-byok/tower-byok/raw/main/";
     assert!(
-        readme.contains(&format!("]({README_SHOT})")),
+        readme.contains(&format!("]({url}{README_SHOT})")),
         "README.md does not show {README_SHOT}"
     );
     let png = std::fs::read(root.join(README_SHOT)).unwrap();
