@@ -100,10 +100,11 @@ pub(crate) fn missing_keys(missing: &[Box<str>]) -> ErrorPage {
     ErrorPage {
         title: "Keys needed first".into(),
         body: format!(
-            "<p role=alert class=error>This step needs your {} key: you have none stored \
+            "<p role=alert class=error>This step needs your {} {}: you have none stored \
              (a key pasted from a <code>.env</code> is kept for one hour only).</p>\
              <p><a id=to-key-step href=/onboarding>Add your keys on the key step</a></p>",
-            escape(&names.join(" and "))
+            escape(&names.join(" and ")),
+            if names.len() == 1 { "key" } else { "keys" }
         ),
     }
 }
@@ -137,7 +138,8 @@ pub(crate) fn key_page(view: &KeyPage<'_>) -> Html<String> {
     if !view.errors.is_empty() {
         body.push_str(
             "<p role=alert class=error id=summary>Not everything was saved: see the reasons \
-             below. Keys that passed their check are saved.</p>",
+             below. Keys that passed their check are saved. The fields are empty again: a \
+             key is never sent back to the page, so paste it again once fixed.</p>",
         );
     }
     body.push_str(&if missing.is_empty() {
