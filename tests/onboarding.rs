@@ -5,9 +5,9 @@
 //! rest; the legacy file imported after a dry run, with a backup; an uploaded `.env`
 //! kept for one hour.
 //!
-//! The server is this test binary started again in server mode ([`child_server`]), which
-//! runs the example's own start-up code; a restart kills that process and starts another
-//! on the same database.
+//! The server is this test binary started again in server mode ([`child_server`], see
+//! `tests/onboarding_app/`), which runs the example's own start-up code; a restart kills
+//! that process and starts another on the same database.
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
@@ -18,23 +18,13 @@
 
 mod common;
 
-#[path = "../examples/onboarding/app.rs"]
-mod app;
-#[path = "../examples/onboarding/auth.rs"]
-mod auth;
-#[path = "../examples/onboarding/db.rs"]
-mod db;
-#[path = "../examples/onboarding/legacy.rs"]
-mod legacy;
-#[path = "../examples/onboarding/pages.rs"]
-mod pages;
-#[path = "../examples/onboarding/server.rs"]
-mod server;
+mod onboarding_app;
 
-use std::io::{BufRead, BufReader, Read as _};
+use onboarding_app::{app, auth, db};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -47,8 +37,6 @@ use serde_json::{json, Value};
 
 use common::{Backend, TestDb};
 
-/// Set in a server process: what it serves is in the usual `DATABASE_URL` etc.
-const CHILD: &str = "ONBOARDING_TEST_CHILD";
 const TOKEN_SECRET: &str = "a test-only token secret, at least 32 bytes long";
 
 /// Not a test: the example's server, started by the tests as a process of its own.
@@ -56,14 +44,7 @@ const TOKEN_SECRET: &str = "a test-only token secret, at least 32 bytes long";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "started by the other tests as a separate process"]
 async fn child_server() {
-    std::env::var(CHILD).expect("started by a test");
-    let stdin_closed = tokio::task::spawn_blocking(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-    });
-    tokio::select! {
-        result = server::run(server::Config::from_env()) => result.unwrap(),
-        _ = stdin_closed => {}
-    }
+    onboarding_app::serve_as_child().await;
 }
 
 /// One test's world: a database, a working directory, and the settings of its servers.
@@ -101,38 +82,16 @@ impl World {
 
     /// Starts a server process with these settings and `extra` ones.
     fn start(&self, extra: &[(&str, &str)]) -> App {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--ignored", "--exact", "child_server", "--nocapture"])
-            .current_dir(self.dir.path())
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(extra.iter().copied())
-            .env(CHILD, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut output = Vec::new();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                panic!(
-                    "the server exited before listening; it printed:\n{}",
-                    output.join("\n")
-                )
-            };
-            let line = line.unwrap();
-            if let Some(rest) = line.strip_prefix("onboarding example listening on http://") {
-                break rest.split(' ').next().unwrap().parse().unwrap();
-            }
-            output.push(line);
-        };
-        // Keep reading, so that the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let (child, addr, output) = onboarding_app::start(
+            onboarding_app::child_command()
+                .current_dir(self.dir.path())
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .envs(extra.iter().copied()),
+        );
         App {
             child,
             addr,
-            output: output.join("\n"),
+            output,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -178,12 +137,12 @@ impl App {
         self.send(method, path, auth, form).await
     }
 
-    /// A request with one header of the caller's choice (a bearer token, a cookie).
+    /// A request with headers of the caller's choice (a bearer token, a cookie, `Accept`).
     async fn send(
         &self,
         method: Method,
         path: &str,
-        extra: Option<(header::HeaderName, String)>,
+        extra: impl IntoIterator<Item = (header::HeaderName, String)>,
         form: &[(&str, &str)],
     ) -> Reply {
         let body: Vec<String> = form
@@ -194,7 +153,7 @@ impl App {
             .method(method)
             .uri(format!("http://{}{path}", self.addr))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
-        if let Some((name, value)) = extra {
+        for (name, value) in extra {
             req = req.header(name, value);
         }
         let req = req.body(Full::new(Bytes::from(body.join("&")))).unwrap();
@@ -851,7 +810,7 @@ async fn bad_tokens_are_refused() {
 }
 
 /// A browser whose cookie no longer verifies (here: the server restarted with another
-/// secret, as it does with the default random one) can still log in again: the cookie
+/// secret) can still log in again: the cookie
 /// counts as none and is cleared. A bad bearer token is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_cookie_never_locks_a_browser_out() {
@@ -977,6 +936,54 @@ async fn keys_failing_their_checks_are_refused() {
         reply.body
     );
     assert_eq!(reply.json()["missing"], json!([]));
+}
+
+/// "Your keys" and sign-out for API clients, and the same rejection as a page for a
+/// browser (its `Accept` names `text/html`): a deleted key brings the gate back, whose
+/// 428 is JSON for the API client and, for the browser, a page that names the provider
+/// and links to the key step; sign-out clears the cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_brings_the_gate_back_as_json_or_as_a_page() {
+    let world = World::new(Backend::Sqlite).await;
+    let app = world.start(&[]);
+    let a = User::new("user-a", 0xa);
+    let login = app.post("/login", "", &[("user", &a.name)]).await;
+    let (token, cookie) = (
+        login.json()["token"].as_str().unwrap().to_owned(),
+        set_cookie(&login),
+    );
+    onboard(&app, &token, &a, 0..1).await;
+    let reply = app.post("/onboarding/keys/exa/delete", &token, &[]).await;
+    assert_eq!(reply.json(), json!({ "deleted": true }), "{}", reply.body);
+
+    let reply = app.get("/generate", &token).await;
+    assert_eq!(reply.status, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(reply.json()["missing"], json!(["exa"]));
+    let browser = [
+        (header::COOKIE, cookie),
+        (
+            header::ACCEPT,
+            "text/html,application/xhtml+xml,*/*;q=0.8".to_owned(),
+        ),
+    ];
+    let page = app.send(Method::GET, "/generate", browser, &[]).await;
+    assert_eq!(page.status, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(
+        page.headers[header::CONTENT_TYPE],
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        page.body.contains("your Exa key") && page.body.contains("href=/onboarding>"),
+        "{}",
+        page.body
+    );
+    assert!(page
+        .body
+        .contains("Signed in as <strong id=user>user-a</strong>"));
+
+    let reply = app.post("/logout", "", &[]).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(set_cookie(&reply), "onboarding_token=");
 }
 
 /// Keys stored outside the app (the admin CLI, another instance) open the later steps

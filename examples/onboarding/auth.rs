@@ -120,9 +120,7 @@ pub(crate) async fn authenticate(
     let mut response = next.run(req).await;
     // Unless the response sets a new one (`POST /login`), the stale cookie is cleared.
     if !response.headers().contains_key(header::SET_COOKIE) {
-        let clear = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
-        let clear = HeaderValue::try_from(clear).expect("the cookie name is a valid header");
-        response.headers_mut().insert(header::SET_COOKIE, clear);
+        (response.headers_mut()).insert(header::SET_COOKIE, clear_cookie());
     }
     response
 }
@@ -152,6 +150,21 @@ struct TokenReply {
     token: String,
     token_type: &'static str,
     expires_in: u64,
+}
+
+/// `POST /logout`: clears the cookie; a browser goes back to the sign-in page. (A bearer
+/// token stays valid until it expires: the demo keeps no list of revoked tokens.)
+pub(crate) async fn logout(headers: HeaderMap) -> Response {
+    let clear = [(header::SET_COOKIE, clear_cookie())];
+    if wants_html(&headers) {
+        return (clear, Redirect::to("/")).into_response();
+    }
+    (clear, StatusCode::NO_CONTENT).into_response()
+}
+
+fn clear_cookie() -> HeaderValue {
+    let clear = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    HeaderValue::try_from(clear).expect("the cookie name is a valid header")
 }
 
 /// `POST /login` (`user=alice`): a token for that user.

@@ -16,6 +16,9 @@ use super::auth::Tokens;
 use super::db::Db;
 
 const DEV_KEYRING_FILE: &str = "onboarding-dev-keyring.txt";
+/// The development token secret, next to the SQLite database (or in the working
+/// directory for PostgreSQL).
+const DEV_TOKEN_SECRET_FILE: &str = "onboarding-token-secret.txt";
 
 /// Every setting, from environment variables; each has a default that needs no setup.
 #[derive(Clone, Debug)]
@@ -83,10 +86,18 @@ pub(crate) async fn open(config: &Config) -> Result<AppState, Box<dyn Error>> {
         (Db::Sqlite(pool), open_vault(store, keyring).await?)
     };
     db.migrate().await?;
+    let secret_dir = match &db {
+        Db::Sqlite(pool) => (pool.connect_options().get_filename().parent())
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(Path::to_path_buf),
+        #[cfg(feature = "postgres")]
+        Db::Postgres(_) => None,
+    };
+    let secret_file = secret_dir.unwrap_or_default().join(DEV_TOKEN_SECRET_FILE);
     Ok(AppState {
         vault,
         db,
-        tokens: tokens()?,
+        tokens: tokens(&secret_file)?,
     })
 }
 
@@ -154,28 +165,46 @@ fn keyring() -> Result<Keyring, Box<dyn Error>> {
     let path = Path::new(DEV_KEYRING_FILE);
     if !path.exists() {
         let keyring = Keyring::new(MasterKey::generate("dev-1")?);
-        let mut file = std::fs::OpenOptions::new();
-        file.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
-        file.open(path)?
-            .write_all(keyring.expose_text().as_bytes())?;
+        write_private(path, &keyring.expose_text())?;
     }
     eprintln!("WARNING: master keyring from ./{DEV_KEYRING_FILE}, for development only; set BYOK_MASTER_KEYS in production");
     Ok(Keyring::from_file(path)?)
 }
 
-/// `ONBOARDING_TOKEN_SECRET` (at least 32 bytes) if set, else a random one: then tokens
-/// last until the app restarts.
-fn tokens() -> Result<Tokens, Box<dyn Error>> {
+/// `ONBOARDING_TOKEN_SECRET` (at least 32 bytes) if set (production), else a development
+/// secret generated into `file` on first start, so that a restart keeps everyone signed
+/// in, as the development keyring keeps their keys.
+fn tokens(file: &Path) -> Result<Tokens, Box<dyn Error>> {
     if let Ok(secret) = std::env::var("ONBOARDING_TOKEN_SECRET") {
         if secret.len() < 32 {
             return Err("ONBOARDING_TOKEN_SECRET must be at least 32 bytes".into());
         }
         return Ok(Tokens::new(secret.as_bytes()));
     }
-    let mut secret = [0; 32];
-    getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
-    eprintln!("note: ONBOARDING_TOKEN_SECRET is not set; tokens are signed with a random key until restart");
-    Ok(Tokens::new(&secret))
+    if !file.exists() {
+        let mut secret = [0; 32];
+        getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(file, &hex)?;
+    }
+    let secret = std::fs::read_to_string(file)?;
+    let secret = secret.trim();
+    if secret.len() < 32 {
+        return Err(format!("{} must hold at least 32 bytes", file.display()).into());
+    }
+    eprintln!(
+        "WARNING: ONBOARDING_TOKEN_SECRET is not set; sign-ins are signed with the development \
+         secret in {}, for development only; set ONBOARDING_TOKEN_SECRET in production",
+        file.display()
+    );
+    Ok(Tokens::new(secret.as_bytes()))
+}
+
+/// Creates `path` with `text`, readable by its owner only; never overwrites a file.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    file.open(path)?.write_all(text.as_bytes())
 }
