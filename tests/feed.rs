@@ -8,15 +8,13 @@
 
 mod common;
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{keyring, Backend, TestDb};
+use common::{keyring, served, within_bound, Backend, TestDb};
 use tower_byok::store::KeyStore;
 use tower_byok::{ErrorKind, FeedMode, SqliteStore, Vault, VaultBuilder};
 
 const HOUR: Duration = Duration::from_secs(3600);
-const BOUND: Duration = Duration::from_secs(5);
 
 /// How a test vault follows the feed.
 #[derive(Clone, Copy)]
@@ -69,25 +67,6 @@ async fn open(db: &TestDb, follow: Follow) -> Vault {
                 .await
                 .unwrap()
         }
-    }
-}
-
-/// The openai secret `vault` serves `user` now (through its cache), or `None`.
-async fn served(vault: &Vault, user: &str) -> Option<String> {
-    let keys = vault.keys_for(user).await.unwrap();
-    keys.get("openai").map(|k| k.expose_secret().to_owned())
-}
-
-/// Waits until `check` holds, for at most [`BOUND`]; fails the test with `what`.
-async fn within_bound<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + BOUND;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

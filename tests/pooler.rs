@@ -14,15 +14,13 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{keyring, Backend, TestDb};
+use common::{keyring, served, within_bound, Backend, TestDb};
 use tower_byok::{ErrorKind, FeedMode, PoolMode, PostgresStore, Vault};
 
 const HOUR: Duration = Duration::from_secs(3600);
-const BOUND: Duration = Duration::from_secs(5);
 
 /// A database whose vaults go through the pooler of `mode`.
 async fn db_behind(mode: PoolMode) -> TestDb {
@@ -44,23 +42,6 @@ async fn open(db: &TestDb, direct: Option<String>, poll: Duration) -> Vault {
         .open()
         .await
         .unwrap()
-}
-
-async fn served(vault: &Vault, user: &str) -> Option<String> {
-    let keys = vault.keys_for(user).await.unwrap();
-    keys.get("openai").map(|k| k.expose_secret().to_owned())
-}
-
-async fn within_bound<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + BOUND;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// `writer` replaces then revokes alice's key; `reader`, which had it cached, stops

@@ -21,9 +21,14 @@ impl io::Write for Capture {
 }
 
 impl Capture {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
     /// The lines logged at WARN that contain `text`.
     pub fn warnings(&self, text: &str) -> Vec<String> {
-        let log = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        let log = self.text();
         log.lines()
             .filter(|l| l.contains("WARN") && l.contains(text))
             .map(str::to_owned)

@@ -520,6 +520,32 @@ async fn fresh_pg_database() -> sqlx::postgres::PgConnectOptions {
     server.database(&name)
 }
 
+/// How long [`within_bound`] waits: generous, since it bounds correctness (a change is
+/// seen at all), not speed; the measured figures are in BENCHMARKS.md.
+pub const BOUND: Duration = Duration::from_secs(5);
+
+/// Waits until `check` holds, for at most [`BOUND`]; fails the test with `what`.
+pub async fn within_bound<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + BOUND;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {BOUND:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The openai secret `vault` serves `user` now (through its cache), or `None`.
+pub async fn served(vault: &Vault, user: &str) -> Option<String> {
+    let keys = vault.keys_for(user).await.unwrap();
+    keys.get("openai").map(|k| k.expose_secret().to_owned())
+}
+
 /// A unique suffix for names within one test binary.
 pub fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
