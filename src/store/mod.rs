@@ -92,6 +92,10 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) enum Session<DB: sqlx::Database> {
     Pooled(sqlx::pool::PoolConnection<DB>),
+    #[cfg_attr(
+        not(feature = "postgres"),
+        expect(dead_code, reason = "only PostgreSQL reads in a transaction")
+    )]
     Transaction(sqlx::Transaction<'static, DB>),
 }
 
