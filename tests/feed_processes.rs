@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 /// Where a server process finds its database.
 const DB_VAR: &str = "BYOK_FEED_SERVER_DB";
 /// `transaction` when the database URL is a transaction-mode pooler's.
+#[cfg(feature = "postgres")]
 const POOL_MODE_VAR: &str = "BYOK_FEED_SERVER_POOL_MODE";
 /// A direct URL for the listener, behind a pooler.
+#[cfg(feature = "postgres")]
 const DIRECT_VAR: &str = "BYOK_FEED_SERVER_DIRECT_URL";
 
 /// Not a test: the server the tests start, each in a process of its own. Serves until

@@ -9,7 +9,7 @@
 //! test says the listener must do it, the poll interval is an hour too. The bounds
 //! asserted are generous (5 s); the measured figures are in BENCHMARKS.md §10. The
 //! vault, layer, CLI and soak suites run through both poolers too (`behind_poolers!`).
-#![cfg(all(feature = "postgres", feature = "axum"))]
+#![cfg(all(feature = "postgres", feature = "sqlite", feature = "axum"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,7 +1,7 @@
 //! A `LISTEN` through a transaction-mode PgBouncer (started by `.ci/test`), as another
 //! client may make it: the store's failing query explains itself in the log, once per
 //! process. In a test binary of its own, so that no other test takes that once.
-#![cfg(feature = "postgres")]
+#![cfg(all(feature = "postgres", feature = "sqlite"))]
 #![allow(clippy::unwrap_used)]
 
 mod common;
