@@ -143,9 +143,6 @@ impl Error {
     /// assert!(!err.to_string().contains("replica"), "the source stays out of the message");
     /// ```
     pub fn store(source: impl Into<BoxError>) -> Self {
-        let source = source.into();
-        #[cfg(feature = "postgres")]
-        crate::store::postgres::notice_stray_notification(&*source);
         Self::new(ErrorKind::Store).with_source(source)
     }
 

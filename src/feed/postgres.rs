@@ -10,7 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
 use super::{Batch, ChangeSource, FeedMode, Wake};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::store::postgres::store_error;
 use crate::PostgresStore;
 
 /// The channel the trigger notifies (migration 2).
@@ -57,8 +58,8 @@ impl ChangeSource for PostgresChanges {
             .persistent(self.store.prepared())
             .fetch_one(session.conn())
             .await
-            .map_err(Error::store)?;
-        session.finish().await?;
+            .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(newest.unwrap_or(0))
     }
 
@@ -79,8 +80,8 @@ impl ChangeSource for PostgresChanges {
         .bind(i64::from(limit))
         .fetch_all(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         let (xmin, xmax) = rows.first().map_or((0, 0), |r| (r.2, r.3));
         Ok(Batch {
             rows: rows
@@ -107,8 +108,8 @@ impl ChangeSource for PostgresChanges {
         .bind(age_ms)
         .execute(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(done.rows_affected())
     }
 

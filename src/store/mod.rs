@@ -111,10 +111,10 @@ impl<DB: sqlx::Database> Session<DB> {
 
     /// Ends the read: commits the transaction (it wrote nothing), or returns the
     /// connection to the pool.
-    pub(crate) async fn finish(self) -> crate::Result<()> {
+    pub(crate) async fn finish(self) -> sqlx::Result<()> {
         match self {
             Self::Pooled(_) => Ok(()),
-            Self::Transaction(tx) => tx.commit().await.map_err(crate::Error::store),
+            Self::Transaction(tx) => tx.commit().await,
         }
     }
 }

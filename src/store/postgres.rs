@@ -121,7 +121,7 @@ impl PostgresStore {
             .max_connections(16)
             .connect_with(options)
             .await
-            .map_err(Error::store)?;
+            .map_err(store_error)?;
         Ok(Self::from_pool(pool))
     }
 
@@ -199,18 +199,18 @@ impl PostgresStore {
     pub(crate) async fn session(&self) -> Result<Session<Postgres>> {
         if self.prepared() {
             Ok(Session::Pooled(
-                self.pool.acquire().await.map_err(Error::store)?,
+                self.pool.acquire().await.map_err(store_error)?,
             ))
         } else {
             Ok(Session::Transaction(
-                self.pool.begin().await.map_err(Error::store)?,
+                self.pool.begin().await.map_err(store_error)?,
             ))
         }
     }
 
     /// A write transaction (READ COMMITTED, the server's default).
     async fn begin_write(&self) -> Result<Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(Error::store)
+        self.pool.begin().await.map_err(store_error)
     }
 
     /// A write transaction holding an advisory lock on `user_id` until it ends, so that a
@@ -223,13 +223,13 @@ impl PostgresStore {
             .bind(user_id)
             .execute(&mut *tx)
             .await
-            .map_err(Error::store)?;
+            .map_err(store_error)?;
         Ok(tx)
     }
 
     /// A transaction holding the lock that migrations and check-record creation take.
     async fn begin_locked(&self) -> Result<Transaction<'static, Postgres>> {
-        let mut tx = self.pool.begin().await.map_err(Error::store)?;
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
         lock_migrations(&mut tx, self.prepared()).await?;
         Ok(tx)
     }
@@ -263,8 +263,15 @@ async fn lock_migrations(tx: &mut Transaction<'_, Postgres>, prepared: bool) -> 
         .bind(PostgresStore::MIGRATION_LOCK)
         .execute(&mut **tx)
         .await
-        .map_err(Error::store)?;
+        .map_err(store_error)?;
     Ok(())
+}
+
+/// A failed statement as the store reports it ([`Error::store`]), after
+/// [`notice_stray_notification`].
+pub(crate) fn store_error(error: sqlx::Error) -> Error {
+    notice_stray_notification(&error);
+    Error::store(error)
 }
 
 /// Warns, once per process, when a query failed on a notification it never asked for:
@@ -272,12 +279,12 @@ async fn lock_migrations(tx: &mut Transaction<'_, Postgres>, prepared: bool) -> 
 /// URL that is the pooler's, or another application's listener), and the pooler handed
 /// its server connection, still listening, to this client. Every query that then
 /// shares that server connection may fail so, including writes that did commit.
-pub(crate) fn notice_stray_notification(source: &(dyn std::error::Error + 'static)) {
+fn notice_stray_notification(error: &sqlx::Error) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static WARNED: AtomicBool = AtomicBool::new(false);
     let stray = matches!(
-        source.downcast_ref::<sqlx::Error>(),
-        Some(sqlx::Error::Protocol(message)) if message.contains("NotificationResponse")
+        error,
+        sqlx::Error::Protocol(message) if message.contains("NotificationResponse")
     );
     if stray && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(

@@ -16,7 +16,7 @@
 use sqlx::query::Query;
 use sqlx::{Database, Transaction};
 
-use super::{Db, Store};
+use super::{store_error, Db, Store};
 use crate::audit::{AuditAction, AuditRecord};
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::migrate::SchemaTx;
@@ -50,8 +50,8 @@ impl KeyStore for Store {
         .bind(user_id)
         .fetch_all(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(rows.into_iter().map(stored_key).collect())
     }
 
@@ -66,8 +66,8 @@ impl KeyStore for Store {
         .bind(provider)
         .fetch_optional(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(row.map(stored_key))
     }
 
@@ -93,7 +93,7 @@ impl KeyStore for Store {
             )
             .execute(&mut *tx)
             .await
-            .map_err(Error::store)?;
+            .map_err(store_error)?;
             if updated.rows_affected() == 1 {
                 break AuditAction::Replace;
             }
@@ -103,7 +103,7 @@ impl KeyStore for Store {
                     .bind(&row.user_id)
                     .fetch_one(&mut *tx)
                     .await
-                    .map_err(Error::store)?;
+                    .map_err(store_error)?;
             if count >= i64::from(max_providers) {
                 // Dropping the transaction rolls it back: nothing was written.
                 return Err(ErrorKind::TooManyProviders.into());
@@ -121,13 +121,13 @@ impl KeyStore for Store {
             )
             .execute(&mut *tx)
             .await
-            .map_err(Error::store)?;
+            .map_err(store_error)?;
             if inserted.rows_affected() == 1 {
                 break AuditAction::Put;
             }
         };
         insert_audit(&mut tx, self.prepared(), audit, &row.provider, action).await?;
-        tx.commit().await.map_err(Error::store)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(action)
     }
 
@@ -146,7 +146,7 @@ impl KeyStore for Store {
         .bind(provider)
         .fetch_all(&mut *tx)
         .await
-        .map_err(Error::store)?;
+        .map_err(store_error)?;
         for provider in &deleted {
             insert_audit(
                 &mut tx,
@@ -157,7 +157,7 @@ impl KeyStore for Store {
             )
             .await?;
         }
-        tx.commit().await.map_err(Error::store)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(deleted)
     }
 
@@ -167,8 +167,8 @@ impl KeyStore for Store {
             .persistent(self.prepared())
             .fetch_all(session.conn())
             .await
-            .map_err(Error::store)?;
-        session.finish().await?;
+            .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(records)
     }
 
@@ -186,7 +186,7 @@ impl KeyStore for Store {
                 .persistent(self.prepared())
                 .fetch_optional(&mut *tx)
                 .await
-                .map_err(Error::store)?;
+                .map_err(store_error)?;
             if any.is_some() {
                 return Ok(0);
             }
@@ -202,10 +202,10 @@ impl KeyStore for Store {
             .bind(at)
             .execute(&mut *tx)
             .await
-            .map_err(Error::store)?;
+            .map_err(store_error)?;
             added += usize::try_from(done.rows_affected()).unwrap_or(0);
         }
-        tx.commit().await.map_err(Error::store)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(added)
     }
 
@@ -217,8 +217,8 @@ impl KeyStore for Store {
         .persistent(self.prepared())
         .fetch_all(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(usage)
     }
 
@@ -259,8 +259,8 @@ impl RotationStore for Store {
         .bind(i64::from(limit))
         .fetch_all(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(rows.into_iter().map(stored_key).collect())
     }
 
@@ -285,7 +285,7 @@ impl RotationStore for Store {
         .bind(&old.sealed)
         .execute(&mut *tx)
         .await
-        .map_err(Error::store)?;
+        .map_err(store_error)?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -297,7 +297,7 @@ impl RotationStore for Store {
             AuditAction::Rewrap,
         )
         .await?;
-        tx.commit().await.map_err(Error::store)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(true)
     }
 
@@ -312,8 +312,8 @@ impl RotationStore for Store {
         .bind(key_id)
         .execute(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -336,7 +336,7 @@ impl ExpiryStore for Store {
         .bind(expires_at)
         .execute(&mut *tx)
         .await
-        .map_err(Error::store)?;
+        .map_err(store_error)?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -348,7 +348,7 @@ impl ExpiryStore for Store {
             AuditAction::ExpiryChange,
         )
         .await?;
-        tx.commit().await.map_err(Error::store)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(true)
     }
 
@@ -363,8 +363,8 @@ impl ExpiryStore for Store {
         .bind(i64::from(limit))
         .fetch_all(session.conn())
         .await
-        .map_err(Error::store)?;
-        session.finish().await?;
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         Ok(expired)
     }
 
@@ -386,7 +386,7 @@ impl ExpiryStore for Store {
         .bind(now)
         .execute(&mut *tx)
         .await
-        .map_err(Error::store)?;
+        .map_err(store_error)?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -398,7 +398,7 @@ impl ExpiryStore for Store {
             AuditAction::Purge,
         )
         .await?;
-        tx.commit().await.map_err(Error::store)?;
+        tx.commit().await.map_err(store_error)?;
         Ok(true)
     }
 }
@@ -447,8 +447,8 @@ impl AuditStore for Store {
             q = q.bind(i64::from(limit));
         }
         let mut session = self.session().await?;
-        let rows = q.fetch_all(session.conn()).await.map_err(Error::store)?;
-        session.finish().await?;
+        let rows = q.fetch_all(session.conn()).await.map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
         rows.into_iter()
             .map(|(at, user_ref, provider, action, actor)| {
                 let action = AuditAction::parse(&action).ok_or_else(|| {
@@ -555,6 +555,6 @@ async fn insert_audit(
     .bind(&audit.actor)
     .execute(&mut **tx)
     .await
-    .map_err(Error::store)?;
+    .map_err(store_error)?;
     Ok(())
 }

@@ -10,6 +10,12 @@ use sqlx::{Sqlite, Transaction};
 use super::{migrate, Session};
 use crate::error::{Error, Result};
 
+/// A failed statement as the store reports it: [`Error::store`] (PostgreSQL's also
+/// explains one failure of its own; this one has none to explain).
+fn store_error(error: sqlx::Error) -> Error {
+    Error::store(error)
+}
+
 /// The store traits' SQL, shared with PostgreSQL, compiled here against [`Db`] and
 /// [`Store`]: see `queries.rs`.
 #[allow(
@@ -60,7 +66,7 @@ impl SqliteStore {
     ///
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the URL is malformed or the database cannot be opened.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url).map_err(Error::store)?;
+        let options = SqliteConnectOptions::from_str(url).map_err(store_error)?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         Self::connect_with(options, if in_memory { 1 } else { 8 }).await
     }
@@ -97,7 +103,7 @@ impl SqliteStore {
     /// A connection of the pool, for a statement outside a write transaction.
     async fn session(&self) -> Result<Session<Sqlite>> {
         Ok(Session::Pooled(
-            self.pool.acquire().await.map_err(Error::store)?,
+            self.pool.acquire().await.map_err(store_error)?,
         ))
     }
 
@@ -140,7 +146,7 @@ impl SqliteStore {
         self.pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(Error::store)
+            .map_err(store_error)
     }
 
     /// A write transaction during which no other write of `user_id` (or of anyone: SQLite
