@@ -271,6 +271,11 @@ impl Invalidate for KeyCache {
         metrics::invalidated(Source::Feed, Scope::User);
     }
 
+    fn owner(&self, _kind: crate::owner::OwnerKind, _owner_id: &str) {
+        // Only users' keys are cached so far: a team's or the platform's change has
+        // nothing here to forget.
+    }
+
     fn all(&self) {
         self.invalidate_all();
         metrics::invalidated(Source::Feed, Scope::All);

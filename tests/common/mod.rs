@@ -214,6 +214,34 @@ impl TestDb {
         }
     }
 
+    /// Opens a vault that follows the change feed every `poll` and serves the platform's
+    /// keys when `platform` says so, with a cache TTL of an hour.
+    pub async fn open_teams(&self, keyring: Keyring, platform: bool, poll: Duration) -> Vault {
+        match self.backend {
+            Backend::Sqlite => {
+                let store = SqliteStore::open(&self.sqlite_path).await.unwrap();
+                Vault::builder(store, keyring)
+                    .cache_ttl(Duration::from_secs(3600))
+                    .poll_interval(poll)
+                    .platform_fallback(platform)
+                    .open()
+                    .await
+                    .unwrap()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let store = self.pg_store(8).await.unwrap();
+                Vault::builder(store, keyring)
+                    .cache_ttl(Duration::from_secs(3600))
+                    .poll_interval(poll)
+                    .platform_fallback(platform)
+                    .open()
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
     /// Opens a vault whose builder `configure` may add checks to.
     pub async fn open_checked(
         &self,
@@ -619,6 +647,9 @@ impl<S: KeyStore> KeyStore for Probed<S> {
     }
     fn audit(&self) -> Option<&impl AuditStore> {
         self.inner.audit()
+    }
+    fn owners(&self) -> Option<&impl tower_byok::store::OwnerStore> {
+        self.inner.owners()
     }
 }
 
