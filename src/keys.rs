@@ -176,6 +176,8 @@ pub struct UserKeys {
     keys: Arc<[ProviderKey]>,
     /// Served from the cache past its TTL because loading failed (stale-if-error).
     pub(crate) stale: bool,
+    /// A team's key set only: its policy says only its keys serve its members.
+    pub(crate) team_keys_only: bool,
 }
 
 impl UserKeys {
@@ -185,6 +187,7 @@ impl UserKeys {
         Self {
             keys: keys.into(),
             stale: false,
+            team_keys_only: false,
         }
     }
 

@@ -215,10 +215,8 @@ async fn fail_closed(backend: Backend) {
          WHERE owner_kind = 'platform' AND provider = 'exa'",
     )
     .await;
-    assert_eq!(
-        vault.keys_for_member("bob", None).await.unwrap_err().kind(),
-        ErrorKind::Decrypt
-    );
+    // Raw SQL reaches the cached platform entry through the change feed.
+    eventually_fails(&vault, "bob", None, ErrorKind::Decrypt).await;
     vault
         .put_for(Owner::platform(), "exa", "exa-platform-0002")
         .await
@@ -230,22 +228,21 @@ async fn fail_closed(backend: Backend) {
          WHERE owner_kind = 'team' AND user_id = 'acme' AND provider = 'gemini'",
     )
     .await;
-    assert_eq!(
-        vault
-            .keys_for_member("alice", Some("acme"))
-            .await
-            .unwrap_err()
-            .kind(),
-        ErrorKind::UnknownMasterKey
-    );
+    eventually_fails(&vault, "alice", Some("acme"), ErrorKind::UnknownMasterKey).await;
     db.exec("UPDATE byok_keys SET key_id = 'k1' WHERE key_id = 'k9'")
         .await;
-    assert!(vault.keys_for_member("alice", Some("acme")).await.is_ok());
+    let start = Instant::now();
+    while vault.keys_for_member("alice", Some("acme")).await.is_err() {
+        assert!(start.elapsed() < BOUND, "the repaired row was not seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The team's keys cannot be loaded (its policy table is gone): a store error (503
-    // in the layer), never the platform's key.
+    // in the layer), never the platform's key. A vault with nothing cached yet, since a
+    // fresh cache entry is served without the database.
     db.exec("ALTER TABLE byok_team_policies RENAME TO byok_team_policies_gone")
         .await;
+    let vault = db.open_teams(keyring(), true, POLL).await;
     assert_eq!(
         vault
             .keys_for_member("alice", Some("acme"))
@@ -257,6 +254,22 @@ async fn fail_closed(backend: Backend) {
     // A user acting for no team is still served, platform included.
     let keys = vault.keys_for_member("bob", None).await.unwrap();
     assert_eq!(keys.get("exa").unwrap().source(), KeySource::Platform);
+}
+
+/// Waits (within the feed's bound) until `user` acting for `team` fails, then checks
+/// that it fails with `kind`.
+async fn eventually_fails(vault: &Vault, user: &str, team: Option<&str>, kind: ErrorKind) {
+    let start = Instant::now();
+    loop {
+        match vault.keys_for_member(user, team).await {
+            Err(e) => {
+                assert_eq!(e.kind(), kind);
+                return;
+            }
+            Ok(_) => assert!(start.elapsed() < BOUND, "the tampered row was not seen"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn a_user_named_like_a_team_sees_nothing_of_it(backend: Backend) {
@@ -409,7 +422,82 @@ async fn a_team_key_revoked_elsewhere_stops_for_every_member(backend: Backend) {
     }
 }
 
+/// A team's change drops the team's one cache entry and no member's: members' own keys
+/// are not loaded again, while every member sees the change. Concurrent misses of one
+/// team share one load.
+async fn a_team_change_reaches_members_without_reloading_them(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (vault, probe) = db.open_probed(keyring(), common::Opts::default()).await;
+    vault
+        .put_for(Owner::team("acme"), "openai", "sk-acme-team-0001")
+        .await
+        .unwrap();
+    let members: Vec<String> = (0..20).map(|i| format!("member-{i}")).collect();
+    for m in &members {
+        vault
+            .put(m, "gemini", "AIza-member-own-0001")
+            .await
+            .unwrap();
+    }
+
+    // Concurrent first requests of every member: one load per member, one for the team.
+    let hold = probe.hold_next_owner_load();
+    let tasks: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (vault, m) = (vault.clone(), m.clone());
+            tokio::spawn(async move { vault.keys_for_member(&m, Some("acme")).await })
+        })
+        .collect();
+    let start = Instant::now();
+    while probe.owner_loads() < 1 || probe.loads() < members.len() {
+        assert!(start.elapsed() < BOUND, "the loads did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    hold.send(()).unwrap();
+    for t in tasks {
+        let keys = t.await.unwrap().unwrap();
+        assert_eq!(keys.get("openai").unwrap().source(), KeySource::Team);
+    }
+    assert_eq!(probe.owner_loads(), 1, "one load for the whole team");
+    let user_loads = probe.loads();
+    assert_eq!(user_loads, members.len());
+
+    // Hits: no load at all.
+    for m in &members {
+        vault.keys_for_member(m, Some("acme")).await.unwrap();
+    }
+    assert_eq!((probe.loads(), probe.owner_loads()), (user_loads, 1));
+
+    // The team's key is replaced (a probed store has no change feed, so through this
+    // vault; the feed's path is `a_team_key_revoked_elsewhere_stops_for_every_member`):
+    // every member sees the new key, and no member's own keys are reloaded.
+    vault
+        .put_for(Owner::team("acme"), "openai", "sk-acme-team-0002")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for m in &members {
+        loop {
+            let keys = vault.keys_for_member(m, Some("acme")).await.unwrap();
+            if keys.get("openai").unwrap().expose_secret() == "sk-acme-team-0002" {
+                break;
+            }
+            assert!(start.elapsed() < BOUND, "{m} still served the old team key");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        probe.loads(),
+        user_loads,
+        "members' entries were left alone"
+    );
+    assert_eq!(probe.owner_loads(), 2, "the team was loaded once more");
+}
+
 per_backend!(
+    a_team_change_reaches_members_without_reloading_them,
     chain_falls_through_in_order,
     fail_closed,
     a_user_named_like_a_team_sees_nothing_of_it,

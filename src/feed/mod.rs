@@ -271,9 +271,11 @@ impl Invalidate for KeyCache {
         metrics::invalidated(Source::Feed, Scope::User);
     }
 
-    fn owner(&self, _kind: crate::owner::OwnerKind, _owner_id: &str) {
-        // Only users' keys are cached so far: a team's or the platform's change has
-        // nothing here to forget.
+    fn owner(&self, kind: crate::owner::OwnerKind, owner_id: &str) {
+        // The team's (or the platform's) one entry: its members' entries stay.
+        self.owners()
+            .invalidate(&crate::cache::owner_key(kind, owner_id));
+        metrics::invalidated(Source::Feed, Scope::User);
     }
 
     fn all(&self) {

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use super::open::Opener;
 use super::{from_unix_ms, unix_ms, Inner, Vault};
 use crate::audit::AuditAction;
+use crate::cache::owner_key;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{KeyInfo, UserKeys};
 use crate::owner::{OwnerKind, PLATFORM_ID};
@@ -279,16 +280,36 @@ impl Vault {
         }
         let mut keys = own;
         if let Some(team) = team {
-            let owners = self.inner.owners()?;
-            if policy(owners.team_policy(team).await?) == TeamPolicy::TeamKeysOnly {
+            let team_keys = self.cached_owner(OwnerKind::Team, team).await?;
+            if team_keys.team_keys_only {
                 keys = UserKeys::default();
             }
-            keys = keys.or_else_from(&self.load_owner(OwnerKind::Team, team).await?);
+            keys = keys.or_else_from(&team_keys);
+            if team_keys.is_stale() {
+                keys = keys.into_stale();
+            }
         }
         if self.inner.platform_fallback {
-            keys = keys.or_else_from(&self.load_owner(OwnerKind::Platform, PLATFORM_ID).await?);
+            let platform = self.cached_owner(OwnerKind::Platform, PLATFORM_ID).await?;
+            keys = keys.or_else_from(&platform);
         }
         Ok(keys)
+    }
+
+    /// A team's or the platform's keys through the owners' cache: concurrent misses of
+    /// one owner share one load, as users' do.
+    async fn cached_owner(&self, kind: OwnerKind, owner_id: &str) -> Result<UserKeys> {
+        self.inner.owners()?;
+        self.inner
+            .cache
+            .owners()
+            .get_or_load(&owner_key(kind, owner_id), || async move {
+                self.load_owner(kind, owner_id).await.inspect_err(|e| {
+                    tracing::warn!(owner = kind.as_str(), error = %e, "loading an owner's keys failed");
+                })
+            })
+            .await
+            .map_err(Error::new)
     }
 
     /// An owner's rows, straight from the store.
@@ -300,10 +321,17 @@ impl Vault {
         }
     }
 
-    /// A team's or the platform's unexpired keys, opened: one that does not open fails
-    /// the whole load.
+    /// A team's or the platform's unexpired keys, opened, with the team's policy: one
+    /// that does not open, or a policy that cannot be read, fails the whole load.
     async fn load_owner(&self, kind: OwnerKind, owner_id: &str) -> Result<UserKeys> {
-        let rows = self.inner.owners()?.fetch_owner(kind, owner_id).await?;
+        let owners = self.inner.owners()?;
+        let team_keys_only = match kind {
+            OwnerKind::Team => {
+                policy(owners.team_policy(owner_id).await?) == TeamPolicy::TeamKeysOnly
+            }
+            _ => false,
+        };
+        let rows = owners.fetch_owner(kind, owner_id).await?;
         let now = SystemTime::now();
         let mut opener = Opener::for_owner(&self.inner, kind, owner_id);
         let mut keys = Vec::with_capacity(rows.len());
@@ -311,7 +339,9 @@ impl Vault {
             keys.extend(opener.open(row, now)?);
         }
         keys.sort_unstable_by(|a, b| a.provider().cmp(b.provider()));
-        Ok(UserKeys::from_sorted(keys))
+        let mut keys = UserKeys::from_sorted(keys);
+        keys.team_keys_only = team_keys_only;
+        Ok(keys)
     }
 }
 
@@ -327,8 +357,7 @@ impl Inner {
     pub(crate) fn forget(&self, kind: OwnerKind, owner_id: &str) {
         match kind {
             OwnerKind::User => self.cache.invalidate(owner_id),
-            // Teams' and the platform's keys are not cached yet: read on each request.
-            OwnerKind::Team | OwnerKind::Platform => {}
+            kind => self.cache.owners().invalidate(&owner_key(kind, owner_id)),
         }
     }
 }
