@@ -278,22 +278,39 @@ impl Vault {
         if team.is_none() && !self.inner.platform_fallback {
             return Ok(own);
         }
-        let mut keys = own;
-        if let Some(team) = team {
-            let team_keys = self.cached_owner(OwnerKind::Team, team).await?;
-            if team_keys.team_keys_only {
-                keys = UserKeys::default();
-            }
-            keys = keys.or_else_from(&team_keys);
-            if team_keys.is_stale() {
-                keys = keys.into_stale();
-            }
-        }
-        if self.inner.platform_fallback {
-            let platform = self.cached_owner(OwnerKind::Platform, PLATFORM_ID).await?;
-            keys = keys.or_else_from(&platform);
-        }
-        Ok(keys)
+        let team_keys = match team {
+            Some(team) => Some(self.cached_owner(OwnerKind::Team, team).await?),
+            None => None,
+        };
+        let platform = match self.inner.platform_fallback {
+            true => Some(self.cached_owner(OwnerKind::Platform, PLATFORM_ID).await?),
+            false => None,
+        };
+        Ok(chain(own, team_keys.as_ref(), platform.as_ref()))
+    }
+
+    /// [`keys_for_member`](Self::keys_for_member) from the caches alone, without
+    /// waiting: `None` unless the user's, the team's and (when on) the platform's keys
+    /// are all cached. Ids need not have been validated: only validated ids are ever
+    /// cached, so any other one misses.
+    pub(crate) fn member_cache_hit(&self, user_id: &str, team: Option<&str>) -> Option<UserKeys> {
+        let own = self.inner.cache.get(user_id)?;
+        let owners = self.inner.cache.owners();
+        let team_keys = match team {
+            Some(team) => Some(owners.get(&owner_key(OwnerKind::Team, team))?),
+            None => None,
+        };
+        let platform = match self.inner.platform_fallback {
+            true => Some(owners.get(&owner_key(OwnerKind::Platform, PLATFORM_ID))?),
+            false => None,
+        };
+        Some(chain(own, team_keys.as_ref(), platform.as_ref()))
+    }
+
+    /// Whether [`keys_for_member`](Self::keys_for_member) falls back to the platform's
+    /// keys: then even a request acting for no team takes the chain.
+    pub(crate) fn platform_fallback(&self) -> bool {
+        self.inner.platform_fallback
     }
 
     /// A team's or the platform's keys through the owners' cache: concurrent misses of
@@ -343,6 +360,25 @@ impl Vault {
         keys.team_keys_only = team_keys_only;
         Ok(keys)
     }
+}
+
+/// The chain, per provider: the user's own key (unless the team's policy says team keys
+/// only), else the team's, else the platform's.
+fn chain(own: UserKeys, team: Option<&UserKeys>, platform: Option<&UserKeys>) -> UserKeys {
+    let mut keys = own;
+    if let Some(team) = team {
+        if team.team_keys_only {
+            keys = UserKeys::default();
+        }
+        keys = keys.or_else_from(team);
+        if team.is_stale() {
+            keys = keys.into_stale();
+        }
+    }
+    if let Some(platform) = platform {
+        keys = keys.or_else_from(platform);
+    }
+    keys
 }
 
 fn policy(members_keys: Option<bool>) -> TeamPolicy {
