@@ -496,7 +496,72 @@ async fn a_team_change_reaches_members_without_reloading_them(backend: Backend) 
     assert_eq!(probe.owner_loads(), 2, "the team was loaded once more");
 }
 
+/// Master-key rotation covers every owner: rewrap re-seals users', teams' and the
+/// platform's rows (each under its own derivation), verify opens them all, and the old
+/// key can then be retired; every key is still served as before.
+async fn rotation_covers_teams_and_the_platform(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let old = db.open_teams(keyring(), true, POLL).await;
+    seed(&old).await;
+    // A user and a team with the same id, to show the pages keep them apart.
+    old.put("acme", "openai", "sk-user-acme-0001")
+        .await
+        .unwrap();
+    let before = old.keys_for_member("alice", Some("acme")).await.unwrap();
+    let before = served(&before)
+        .into_iter()
+        .map(|(p, s, src)| (p.to_owned(), s.to_owned(), src))
+        .collect::<Vec<_>>();
+    drop(old);
+
+    let rotated =
+        tower_byok::Keyring::new(common::master("k2", 9)).with_key(common::master("k1", 7));
+    let vault = db.open_teams(rotated.unwrap(), true, POLL).await;
+    // Pages of one row, so that paging crosses from users to teams to the platform.
+    let report = vault.rewrap(1, |_| {}).await.unwrap();
+    assert_eq!(report.resealed, 7, "{report:?}");
+    assert!(report.failed.is_empty());
+    let verified = vault.verify(|_| {}).await.unwrap();
+    assert_eq!((verified.opened, verified.failed.len()), (7, 0));
+    vault.retire_master_key("k1").await.unwrap();
+
+    let only_new = db
+        .open_teams(
+            tower_byok::Keyring::new(common::master("k2", 9)),
+            true,
+            POLL,
+        )
+        .await;
+    let after = only_new
+        .keys_for_member("alice", Some("acme"))
+        .await
+        .unwrap();
+    let after = served(&after)
+        .into_iter()
+        .map(|(p, s, src)| (p.to_owned(), s.to_owned(), src))
+        .collect::<Vec<_>>();
+    assert_eq!(after, before);
+    assert_eq!(
+        only_new
+            .get("acme", "openai")
+            .await
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        "sk-user-acme-0001"
+    );
+    // The team's rewrap is audited under the team's reference.
+    let log = only_new.audit_log(None, None).await.unwrap();
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.action == AuditAction::Rewrap)
+            .count(),
+        7
+    );
+}
+
 per_backend!(
+    rotation_covers_teams_and_the_platform,
     a_team_change_reaches_members_without_reloading_them,
     chain_falls_through_in_order,
     fail_closed,

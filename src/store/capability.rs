@@ -155,6 +155,26 @@ pub trait OwnerStore: Send + Sync {
         members_keys: bool,
         audit: &AuditRecord,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// [`RotationStore::keys_page`] over the rows of `kind` only (`(owner id, provider)`
+    /// order): the pages of a rewrap or a verification of teams' and the platform's keys.
+    fn owner_keys_page(
+        &self,
+        kind: OwnerKind,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// [`RotationStore::reseal`] for a row of `kind`.
+    fn reseal_owner(
+        &self,
+        kind: OwnerKind,
+        old: &StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
 }
 
 /// The capability a store does not have: no value exists, so no method runs.
@@ -225,6 +245,25 @@ impl OwnerStore for Never {
         match *self {}
     }
     async fn set_team_policy(&self, _: &str, _: bool, _: &AuditRecord) -> Result<()> {
+        match *self {}
+    }
+    async fn owner_keys_page(
+        &self,
+        _: OwnerKind,
+        _: Option<(&str, &str)>,
+        _: u32,
+        _: Option<&str>,
+    ) -> Result<Vec<StoredKey>> {
+        match *self {}
+    }
+    async fn reseal_owner(
+        &self,
+        _: OwnerKind,
+        _: &StoredKey,
+        _: &str,
+        _: &[u8],
+        _: &AuditRecord,
+    ) -> Result<bool> {
         match *self {}
     }
 }
@@ -370,6 +409,21 @@ pub(crate) trait DynOwner: Send + Sync {
         members_keys: bool,
         audit: &'a AuditRecord,
     ) -> BoxFuture<'a, Result<()>>;
+    fn owner_keys_page<'a>(
+        &'a self,
+        kind: OwnerKind,
+        after: Option<(&'a str, &'a str)>,
+        limit: u32,
+        exclude_key_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn reseal_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        old: &'a StoredKey,
+        key_id: &'a str,
+        sealed: &'a [u8],
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
 }
 
 impl<S: OwnerStore> DynOwner for S {
@@ -432,6 +486,33 @@ impl<S: OwnerStore> DynOwner for S {
             team_id,
             members_keys,
             audit,
+        ))
+    }
+    fn owner_keys_page<'a>(
+        &'a self,
+        kind: OwnerKind,
+        after: Option<(&'a str, &'a str)>,
+        limit: u32,
+        exclude_key_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
+        Box::pin(OwnerStore::owner_keys_page(
+            self,
+            kind,
+            after,
+            limit,
+            exclude_key_id,
+        ))
+    }
+    fn reseal_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        old: &'a StoredKey,
+        key_id: &'a str,
+        sealed: &'a [u8],
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(OwnerStore::reseal_owner(
+            self, kind, old, key_id, sealed, audit,
         ))
     }
 }

@@ -25,8 +25,10 @@ use crate::store::{
     AuditQuery, AuditStore, ExpiryStore, KeyStore, OwnerStore, RotationStore, StoredKey,
 };
 
+// `OwnerStore` is implemented in `owner_queries.rs`, beside this file, on the same types.
+
 /// A row of `byok_keys` as the queries below select it, in [`StoredKey`]'s field order.
-type KeyRow = (
+pub(super) type KeyRow = (
     String,
     String,
     String,
@@ -160,89 +162,13 @@ impl KeyStore for Store {
     }
 }
 
-impl OwnerStore for Store {
-    async fn fetch_owner(&self, kind: OwnerKind, owner_id: &str) -> Result<Vec<StoredKey>> {
-        self.owner_rows(kind, owner_id).await
-    }
-
-    async fn upsert_owner(
-        &self,
-        kind: OwnerKind,
-        row: &StoredKey,
-        audit: &AuditRecord,
-        max_providers: u32,
-    ) -> Result<AuditAction> {
-        self.upsert_as(kind, row, audit, max_providers).await
-    }
-
-    async fn delete_owner(
-        &self,
-        kind: OwnerKind,
-        owner_id: &str,
-        provider: Option<&str>,
-        audit: &AuditRecord,
-    ) -> Result<Vec<String>> {
-        self.delete_as(kind, owner_id, provider, audit).await
-    }
-
-    async fn set_owner_expiry(
-        &self,
-        kind: OwnerKind,
-        owner_id: &str,
-        provider: &str,
-        expires_at: Option<i64>,
-        audit: &AuditRecord,
-    ) -> Result<bool> {
-        self.set_expiry_as(kind, owner_id, provider, expires_at, audit)
-            .await
-    }
-
-    async fn team_policy(&self, team_id: &str) -> Result<Option<bool>> {
-        let mut session = self.session().await?;
-        let members_keys =
-            sqlx::query_scalar("SELECT members_keys FROM byok_team_policies WHERE team_id = $1")
-                .persistent(self.prepared())
-                .bind(team_id)
-                .fetch_optional(session.conn())
-                .await
-                .map_err(Error::store)?;
-        session.finish().await?;
-        Ok(members_keys)
-    }
-
-    async fn set_team_policy(
-        &self,
-        team_id: &str,
-        members_keys: bool,
-        audit: &AuditRecord,
-    ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(concat!(
-            "INSERT INTO byok_team_policies (team_id, members_keys, updated_at) VALUES ($1, $2, $3) ",
-            "ON CONFLICT (team_id) DO UPDATE SET members_keys = $2, updated_at = $3"
-        ))
-        .persistent(self.prepared())
-        .bind(team_id)
-        .bind(members_keys)
-        .bind(audit.at)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::store)?;
-        insert_audit(
-            &mut tx,
-            self.prepared(),
-            audit,
-            "",
-            AuditAction::PolicyChange,
-        )
-        .await?;
-        tx.commit().await.map_err(Error::store)
-    }
-}
-
 impl Store {
     /// The rows of one owner, expired ones included, ordered by provider.
-    async fn owner_rows(&self, kind: OwnerKind, owner_id: &str) -> Result<Vec<StoredKey>> {
+    pub(super) async fn owner_rows(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+    ) -> Result<Vec<StoredKey>> {
         let mut session = self.session().await?;
         let rows: Vec<KeyRow> = sqlx::query_as(concat!(
             "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
@@ -259,7 +185,7 @@ impl Store {
     }
 
     /// [`KeyStore::upsert`] for any owner: `row.user_id` is the owner's id.
-    async fn upsert_as(
+    pub(super) async fn upsert_as(
         &self,
         kind: OwnerKind,
         row: &StoredKey,
@@ -325,7 +251,7 @@ impl Store {
     }
 
     /// [`KeyStore::delete`] for any owner.
-    async fn delete_as(
+    pub(super) async fn delete_as(
         &self,
         kind: OwnerKind,
         user_id: &str,
@@ -358,7 +284,7 @@ impl Store {
     }
 
     /// [`ExpiryStore::set_expiry`] for any owner.
-    async fn set_expiry_as(
+    pub(super) async fn set_expiry_as(
         &self,
         kind: OwnerKind,
         user_id: &str,
@@ -642,7 +568,7 @@ impl SchemaTx for Transaction<'_, Db> {
     }
 }
 
-fn stored_key(row: KeyRow) -> StoredKey {
+pub(super) fn stored_key(row: KeyRow) -> StoredKey {
     let (user_id, provider, key_id, sealed, hint, fingerprint, created, updated, expires) = row;
     StoredKey {
         user_id,
@@ -674,7 +600,7 @@ fn bind_row<'q>(
         .bind(row.expires_at)
 }
 
-async fn insert_audit(
+pub(super) async fn insert_audit(
     tx: &mut Transaction<'static, Db>,
     prepared: bool,
     audit: &AuditRecord,

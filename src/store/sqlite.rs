@@ -10,6 +10,12 @@ use sqlx::{Sqlite, Transaction};
 use super::{migrate, Session};
 use crate::error::{Error, Result};
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "deliberate: one text for both backends, each compiled against its own types"
+)]
+#[path = "owner_queries.rs"]
+mod owner_queries;
 /// The store traits' SQL, shared with PostgreSQL, compiled here against [`Db`] and
 /// [`Store`]: see `queries.rs`.
 #[allow(

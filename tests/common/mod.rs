@@ -734,6 +734,29 @@ impl<S: KeyStore> tower_byok::store::OwnerStore for Probed<S> {
         let owners = self.inner.owners().unwrap();
         owners.set_team_policy(team_id, members_keys, audit).await
     }
+    async fn owner_keys_page(
+        &self,
+        kind: tower_byok::OwnerKind,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> Result<Vec<StoredKey>> {
+        let owners = self.inner.owners().unwrap();
+        owners
+            .owner_keys_page(kind, after, limit, exclude_key_id)
+            .await
+    }
+    async fn reseal_owner(
+        &self,
+        kind: tower_byok::OwnerKind,
+        old: &StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let owners = self.inner.owners().unwrap();
+        owners.reseal_owner(kind, old, key_id, sealed, audit).await
+    }
 }
 
 impl TestDb {
