@@ -47,11 +47,17 @@ pub struct NoTeam;
 /// Picks the team id out of an authentication layer's extension: implemented by
 /// [`NoTeam`] and by closures `Fn(&T) -> Option<&str>`.
 pub trait PickTeam<T>: Clone + Send + Sync + 'static {
+    /// Whether this picker can name a team at all: `false` for [`NoTeam`], so that a
+    /// resolver without teams reads nothing more per request.
+    const NAMES_TEAM: bool = true;
+
     /// The team id in `claims`, if any.
     fn pick<'a>(&self, claims: &'a T) -> Option<&'a str>;
 }
 
 impl<T> PickTeam<T> for NoTeam {
+    const NAMES_TEAM: bool = false;
+
     #[inline]
     fn pick<'a>(&self, _: &'a T) -> Option<&'a str> {
         None
@@ -70,11 +76,16 @@ where
 /// Finds the team id of a request with a closure: implemented by [`NoTeam`] and by
 /// closures `Fn(&Request<B>) -> Option<String>`.
 pub trait TeamOfRequest<B>: Clone + Send + Sync + 'static {
+    /// Whether this can name a team at all: `false` for [`NoTeam`].
+    const NAMES_TEAM: bool = true;
+
     /// The team `request` acts for, if any.
     fn team(&self, request: &Request<B>) -> Option<String>;
 }
 
 impl<B> TeamOfRequest<B> for NoTeam {
+    const NAMES_TEAM: bool = false;
+
     #[inline]
     fn team(&self, _: &Request<B>) -> Option<String> {
         None
@@ -181,6 +192,10 @@ where
 
     #[inline]
     fn resolve_team<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
+        // Known when compiled: without a team picker, no second extension lookup.
+        if !G::NAMES_TEAM {
+            return None;
+        }
         let claims = request.extensions().get::<T>()?;
         let team = self.team.pick(claims)?;
         (!team.is_empty()).then_some(Cow::Borrowed(team))
@@ -340,6 +355,9 @@ where
 
     #[inline]
     fn resolve_team<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
+        if !G::NAMES_TEAM {
+            return None;
+        }
         self.team
             .team(request)
             .filter(|id| !id.is_empty())
