@@ -16,6 +16,9 @@ pub enum AuditAction {
     Rewrap,
     /// An expired key was removed by [`Vault::purge_expired`](crate::Vault::purge_expired).
     Purge,
+    /// A team's policy was set ([`Vault::set_team_policy`](crate::Vault::set_team_policy));
+    /// the record's provider is empty.
+    PolicyChange,
 }
 
 impl AuditAction {
@@ -28,6 +31,7 @@ impl AuditAction {
             Self::ExpiryChange => "expiry",
             Self::Rewrap => "rewrap",
             Self::Purge => "purge",
+            Self::PolicyChange => "policy",
         }
     }
 
@@ -40,6 +44,7 @@ impl AuditAction {
             "expiry" => Self::ExpiryChange,
             "rewrap" => Self::Rewrap,
             "purge" => Self::Purge,
+            "policy" => Self::PolicyChange,
             _ => return None,
         })
     }

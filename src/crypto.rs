@@ -1,5 +1,11 @@
-//! Envelope encryption: per-user keys from HKDF-SHA256, secrets sealed with
-//! XChaCha20-Poly1305 and bound to their master key id, user and provider.
+//! Envelope encryption: per-owner keys from HKDF-SHA256, secrets sealed with
+//! XChaCha20-Poly1305 and bound to their master key id, owner and provider.
+//!
+//! A user's rows are sealed exactly as before owners existed (label `user-key`, three
+//! fields of associated data), so every existing row and test vector still holds. A team's
+//! or the platform's rows use another label (`owner-key`, with the kind in the HKDF info)
+//! and a fourth field of associated data, the kind: a user named like a team derives
+//! another key and authenticates other data, so it can open none of the team's rows.
 //!
 //! `docs/FORMAT.md` describes every byte here; keep the two in step.
 
@@ -12,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::keyring::{MasterKey, MASTER_KEY_LEN};
+use crate::owner::OwnerKind;
 
 /// The first byte of every sealed blob, and of its associated data.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -40,21 +47,50 @@ fn hkdf_32(ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
     out
 }
 
-/// The cipher for one user under one master key.
+/// The cipher for one owner (a user unless said otherwise) under one master key.
 ///
-/// Deriving it costs two HMACs; a load derives it once per user and master key and
-/// opens all of that user's rows with it.
+/// Deriving it costs two HMACs; a load derives it once per owner and master key and
+/// opens all of that owner's rows with it.
 pub(crate) struct UserCipher<'k> {
     master: &'k MasterKey,
     aead: XChaCha20Poly1305,
+    kind: OwnerKind,
 }
 
 impl<'k> UserCipher<'k> {
+    /// A user's cipher: `HKDF(lp("user-key") || lp(user_id))`.
     pub(crate) fn new(master: &'k MasterKey, user_id: &str) -> Self {
         let key = hkdf_32(master.bytes(), &[b"user-key", user_id.as_bytes()]);
         Self {
             master,
             aead: XChaCha20Poly1305::new(<&Key>::from(&*key)),
+            kind: OwnerKind::User,
+        }
+    }
+
+    /// Any owner's cipher: a user's as [`new`](Self::new); a team's or the platform's
+    /// from `HKDF(lp("owner-key") || lp(kind) || lp(owner_id))`, and its rows' associated
+    /// data end with `lp(kind)`.
+    pub(crate) fn for_owner(master: &'k MasterKey, kind: OwnerKind, owner_id: &str) -> Self {
+        if kind == OwnerKind::User {
+            return Self::new(master, owner_id);
+        }
+        let key = hkdf_32(
+            master.bytes(),
+            &[b"owner-key", kind.as_str().as_bytes(), owner_id.as_bytes()],
+        );
+        Self {
+            master,
+            aead: XChaCha20Poly1305::new(<&Key>::from(&*key)),
+            kind,
+        }
+    }
+
+    /// The associated data of one of this owner's rows.
+    fn aad(&self, owner_id: &str, provider: &str) -> Vec<u8> {
+        match self.kind {
+            OwnerKind::User => associated_data(self.key_id(), owner_id, provider),
+            kind => owner_associated_data(self.key_id(), kind, owner_id, provider),
         }
     }
 
@@ -70,7 +106,7 @@ impl<'k> UserCipher<'k> {
         blob.push(FORMAT_VERSION);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(plaintext);
-        let aad = associated_data(self.key_id(), user_id, provider);
+        let aad = self.aad(user_id, provider);
         let tag = self
             .aead
             .encrypt_inout_detached(&nonce, &aad, (&mut blob[HEADER_LEN..]).into())
@@ -96,7 +132,7 @@ impl<'k> UserCipher<'k> {
         let (body, tag) = blob[HEADER_LEN..].split_at(blob.len() - HEADER_LEN - TAG_LEN);
         let tag = <&Tag>::try_from(tag).map_err(|_| decrypt())?;
         let mut plaintext = Zeroizing::new(body.to_vec());
-        let aad = associated_data(self.key_id(), user_id, provider);
+        let aad = self.aad(user_id, provider);
         self.aead
             .decrypt_inout_detached(nonce, &aad, plaintext.as_mut_slice().into(), tag)
             .map_err(|_| decrypt())?;
@@ -130,6 +166,20 @@ pub(crate) fn associated_data(key_id: &str, user_id: &str, provider: &str) -> Ve
     push_lp(&mut aad, key_id.as_bytes());
     push_lp(&mut aad, user_id.as_bytes());
     push_lp(&mut aad, provider.as_bytes());
+    aad
+}
+
+/// `version || lp(key_id) || lp(owner_id) || lp(provider) || lp(kind)`: a team's or the
+/// platform's rows. Never equal to a user row's [`associated_data`]: that has three
+/// fields, and a provider name cannot hold the bytes of a length prefix.
+pub(crate) fn owner_associated_data(
+    key_id: &str,
+    kind: OwnerKind,
+    owner_id: &str,
+    provider: &str,
+) -> Vec<u8> {
+    let mut aad = associated_data(key_id, owner_id, provider);
+    push_lp(&mut aad, kind.as_str().as_bytes());
     aad
 }
 
@@ -170,6 +220,19 @@ impl VaultSecret {
     /// The keyed hash that stands for a user id in audit records and log lines.
     pub(crate) fn user_ref(&self, user_id: &str) -> String {
         hex(&hmac(&self.user_ref_key, user_id.as_bytes())[..16])
+    }
+
+    /// The keyed hash that stands for any owner: a user's is its [`user_ref`](Self::user_ref);
+    /// another kind's is the MAC of `lp(kind) || lp(owner_id)`, which starts with a zero
+    /// byte that no user id holds, so no user's reference equals a team's.
+    pub(crate) fn owner_ref(&self, kind: OwnerKind, owner_id: &str) -> String {
+        if kind == OwnerKind::User {
+            return self.user_ref(owner_id);
+        }
+        let mut msg = Vec::with_capacity(8 + owner_id.len() + 8);
+        push_lp(&mut msg, kind.as_str().as_bytes());
+        push_lp(&mut msg, owner_id.as_bytes());
+        hex(&hmac(&self.user_ref_key, &msg)[..16])
     }
 }
 
@@ -229,6 +292,62 @@ mod tests {
         assert!(UserCipher::new(&renamed, "alice")
             .open("alice", "openai", &blob)
             .is_err());
+    }
+
+    #[test]
+    fn an_owner_kind_is_its_own_namespace() {
+        let k1 = key("k1", 1);
+        let team = UserCipher::for_owner(&k1, OwnerKind::Team, "acme");
+        let blob = team.seal("acme", "openai", b"sk-team");
+        assert_eq!(
+            &*team.open_text("acme", "openai", &blob).unwrap(),
+            "sk-team"
+        );
+        // A user named like the team, or named by its id, opens nothing of it; nor does
+        // the platform, nor a team cipher asked for another team's row.
+        for (kind, id) in [
+            (OwnerKind::User, "team:acme"),
+            (OwnerKind::User, "acme"),
+            (OwnerKind::Platform, "acme"),
+            (OwnerKind::Team, "acme2"),
+        ] {
+            let other = UserCipher::for_owner(&k1, kind, id);
+            assert!(other.open("acme", "openai", &blob).is_err(), "{kind} {id}");
+            assert!(other.open(id, "openai", &blob).is_err(), "{kind} {id}");
+        }
+        // The other way: a user's row does not open as the team's.
+        let user = UserCipher::for_owner(&k1, OwnerKind::User, "acme");
+        let user_blob = user.seal("acme", "openai", b"sk-user");
+        assert!(team.open("acme", "openai", &user_blob).is_err());
+        // A user's cipher by either constructor is the same cipher.
+        assert!(UserCipher::new(&k1, "acme")
+            .open("acme", "openai", &user_blob)
+            .is_ok());
+        assert_eq!(
+            owner_associated_data("k1", OwnerKind::Team, "u", "p"),
+            [
+                associated_data("k1", "u", "p"),
+                vec![0, 0, 0, 4],
+                b"team".to_vec()
+            ]
+            .concat()
+        );
+    }
+
+    #[test]
+    fn owner_refs_of_other_kinds_differ_from_user_refs() {
+        let v = VaultSecret::from_bytes(&[9; 32]).unwrap();
+        assert_eq!(v.owner_ref(OwnerKind::User, "acme"), v.user_ref("acme"));
+        assert_ne!(v.owner_ref(OwnerKind::Team, "acme"), v.user_ref("acme"));
+        assert_ne!(
+            v.owner_ref(OwnerKind::Team, "acme"),
+            v.user_ref("team:acme")
+        );
+        assert_ne!(
+            v.owner_ref(OwnerKind::Team, "acme"),
+            v.owner_ref(OwnerKind::Platform, "acme")
+        );
+        assert_eq!(v.owner_ref(OwnerKind::Team, "acme").len(), 32);
     }
 
     #[test]

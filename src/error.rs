@@ -63,6 +63,9 @@ pub enum ErrorKind {
     /// is malformed, or sets two different keys for one provider; the message names the
     /// line or lines, never a value.
     InvalidEnvFile,
+    /// A team id is empty, longer than 255 bytes, holds a control character or starts
+    /// or ends with whitespace (the rules of a user id).
+    InvalidTeamId,
 }
 
 impl ErrorKind {
@@ -85,6 +88,7 @@ impl ErrorKind {
             Self::Unsupported => "the key store does not support this operation",
             Self::Import => "legacy import error",
             Self::InvalidEnvFile => "malformed .env text",
+            Self::InvalidTeamId => "invalid team id",
         }
     }
 }

@@ -15,14 +15,22 @@ pub enum KeySource {
     /// An environment variable, through the single-developer fallback
     /// ([`ByokLayer::with_dev_env_fallback`](crate::ByokLayer::with_dev_env_fallback)).
     Environment,
+    /// The key of the team the request acts for, set by the team's admin
+    /// ([`Vault::keys_for_member`](crate::Vault::keys_for_member)).
+    Team,
+    /// The platform's (the application's own) key, served when neither the user nor the
+    /// team has one and the platform fallback is on: meter it.
+    Platform,
 }
 
 impl KeySource {
-    /// `"database"` or `"environment"`.
+    /// `"database"`, `"environment"`, `"team"` or `"platform"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Database => "database",
             Self::Environment => "environment",
+            Self::Team => "team",
+            Self::Platform => "platform",
         }
     }
 }
@@ -168,6 +176,8 @@ pub struct UserKeys {
     keys: Arc<[ProviderKey]>,
     /// Served from the cache past its TTL because loading failed (stale-if-error).
     pub(crate) stale: bool,
+    /// A team's key set only: its policy says only its keys serve its members.
+    pub(crate) team_keys_only: bool,
 }
 
 impl UserKeys {
@@ -177,6 +187,7 @@ impl UserKeys {
         Self {
             keys: keys.into(),
             stale: false,
+            team_keys_only: false,
         }
     }
 

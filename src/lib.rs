@@ -218,6 +218,7 @@ mod keys;
 mod metrics;
 
 mod middleware;
+mod owner;
 pub mod resolve;
 pub mod store;
 #[cfg(feature = "test-util")]
@@ -235,6 +236,7 @@ pub use crate::extract::KeysRejection;
 pub use crate::feed::{FeedMode, FeedStatus, CHANGE_RETENTION};
 pub use crate::keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
+pub use crate::owner::OwnerKind;
 
 pub use crate::middleware::{Byok, ByokBody, ByokLayer, DevEnvFallback, Rejection, ResponseFuture};
 #[cfg(feature = "postgres")]
@@ -245,8 +247,8 @@ pub use crate::store::postgres::{PoolMode, PostgresStore};
 pub use crate::store::sqlite::SqliteStore;
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
 pub use crate::vault::{
-    MasterKeyUsage, Progress, RewrapReport, RowFailure, Vault, VaultBuilder, VerifyReport,
-    DEFAULT_ACTOR, DEFAULT_MAX_PROVIDERS_PER_USER,
+    MasterKeyUsage, Owner, Progress, RewrapReport, RowFailure, TeamPolicy, Vault, VaultBuilder,
+    VerifyReport, DEFAULT_ACTOR, DEFAULT_MAX_PROVIDERS_PER_USER,
 };
 
 /// Internals exposed for the crate's own benchmarks only: not a public API, no semver.

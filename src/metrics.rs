@@ -259,5 +259,6 @@ fn kind_label(kind: ErrorKind) -> &'static str {
         ErrorKind::Unsupported => "unsupported",
         ErrorKind::Import => "import",
         ErrorKind::InvalidEnvFile => "invalid_env_file",
+        ErrorKind::InvalidTeamId => "invalid_team_id",
     }
 }

@@ -16,7 +16,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
-use tower_byok::{ErrorKind, Keyring, MasterKey, SqliteStore, Vault};
+use tower_byok::{ErrorKind, KeySource, Keyring, MasterKey, Owner, SqliteStore, Vault};
 
 /// The document itself: its test vectors must appear in it verbatim.
 const FORMAT_MD: &str = include_str!("../docs/FORMAT.md");
@@ -33,6 +33,7 @@ const TAG_LEN: usize = 16;
 const LABEL_USER_KEY: &[u8] = b"user-key";
 const LABEL_FINGERPRINT: &[u8] = b"fingerprint";
 const LABEL_USER_REF: &[u8] = b"user-ref";
+const LABEL_OWNER_KEY: &[u8] = b"owner-key";
 
 // ---- The recipe of FORMAT.md, written from the document. ---------------------------
 
@@ -72,6 +73,56 @@ fn associated_data(key_id: &str, user_id: &str, provider: &str) -> Vec<u8> {
     push_lp(&mut out, user_id.as_bytes());
     push_lp(&mut out, provider.as_bytes());
     out
+}
+
+/// §4: the key of a team's or the platform's rows.
+fn owner_key(master: &[u8; 32], kind: &str, owner_id: &str) -> [u8; 32] {
+    hkdf32(
+        master,
+        &[LABEL_OWNER_KEY, kind.as_bytes(), owner_id.as_bytes()],
+    )
+}
+
+/// §6: `0x01 || lp(key_id) || lp(owner_id) || lp(provider) || lp(owner_kind)`.
+fn owner_associated_data(key_id: &str, kind: &str, owner_id: &str, provider: &str) -> Vec<u8> {
+    let mut out = associated_data(key_id, owner_id, provider);
+    push_lp(&mut out, kind.as_bytes());
+    out
+}
+
+/// The recipe for a row of any owner kind (`owner_kind` column): a user's row is the
+/// original recipe, any other kind's uses §4's owner key and §6's longer associated data.
+fn open_owned(
+    master: &[u8; 32],
+    key_id: &str,
+    (kind, owner_id): (&str, &str),
+    provider: &str,
+    sealed: &[u8],
+) -> Option<Vec<u8>> {
+    if kind == "user" {
+        return open_blob(master, key_id, owner_id, provider, sealed);
+    }
+    if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != VERSION {
+        return None;
+    }
+    let nonce = <&XNonce>::try_from(&sealed[1..1 + NONCE_LEN]).ok()?;
+    let key = owner_key(master, kind, owner_id);
+    let aad = owner_associated_data(key_id, kind, owner_id, provider);
+    XChaCha20Poly1305::new((&key).into())
+        .decrypt(
+            nonce,
+            Payload {
+                msg: &sealed[1 + NONCE_LEN..],
+                aad: &aad,
+            },
+        )
+        .ok()
+}
+
+/// §8.2: the reference of a team or the platform in the audit trail.
+fn owner_ref(vault_secret: &[u8; 32], kind: &str, owner_id: &str) -> String {
+    let key = hkdf32(vault_secret, &[LABEL_USER_REF]);
+    hex(&hmac_sha256(&key, &info(&[kind.as_bytes(), owner_id.as_bytes()]))[..16])
 }
 
 /// The decryption recipe: `None` wherever the document says the row does not open.
@@ -358,6 +409,11 @@ async fn a_stored_row_opens_with_only_the_document() {
             "change feed",
             include_str!("../migrations/sqlite/0002_changes.sql"),
         ),
+        (
+            3,
+            "owners",
+            include_str!("../migrations/sqlite/0003_owners.sql"),
+        ),
     ];
     assert_eq!(migrations.len(), files.len());
     for ((version, description, checksum, applied_at), (v, d, sql)) in migrations.iter().zip(files)
@@ -522,6 +578,14 @@ const VEC_FINGERPRINT_KEY: &str =
 const VEC_USER_REF_KEY: &str = "0b398ffcec521d96ceb3270a51a1a77a2bd1c69cac5c3d7ac37b2d9b34117e08";
 const VEC_FINGERPRINT: &str = "53aca3c9";
 const VEC_USER_REF: &str = "67aa24cd85e3fcadae730b575ac65336";
+const VEC_INFO_TEAM_ACME: &str = "000000096f776e65722d6b6579000000047465616d0000000461636d65";
+const VEC_INFO_PLATFORM: &str =
+    "000000096f776e65722d6b657900000008706c6174666f726d00000008706c6174666f726d";
+const VEC_TEAM_KEY_ACME: &str = "a22c7b1a817d271913d15c5e385c143b96c118a26af61b88c3384088fcf4afa5";
+const VEC_TEAM_AAD: &str = "01000000026b310000000461636d65000000066f70656e6169000000047465616d";
+const VEC_TEAM_PLAINTEXT: &str = "sk-team-VECTOR-0123456789";
+const VEC_TEAM_BLOB: &str = "01808182838485868788898a8b8c8d8e8f90919293949596970646c642e06f2f000ef6d8ed14031f5a9e182bf83a520c3a0d47cc5dc2845f3fc5160a312f647f528d";
+const VEC_TEAM_REF: &str = "d8790afb1715eb8072d10554374ab88c";
 
 #[tokio::test]
 async fn the_documented_test_vectors_hold_both_ways() {
@@ -798,4 +862,259 @@ async fn verify_reports_a_row_whose_plaintext_is_not_utf8() {
     assert_eq!(report.failed.len(), 1, "{report}");
     assert_eq!(report.failed[0].kind, ErrorKind::Decrypt);
     assert_eq!(report.failed[0].user_ref, vault.user_ref("eve"));
+}
+
+/// §13's team vectors, both ways: this file's reading of the document derives them, the
+/// crate serves a row built from them to a member of the team, and to nobody else: not
+/// to a user named like the team, nor as a user's row with the team's id.
+#[tokio::test]
+async fn the_documented_team_vectors_hold_both_ways() {
+    for v in [
+        VEC_INFO_TEAM_ACME,
+        VEC_INFO_PLATFORM,
+        VEC_TEAM_KEY_ACME,
+        VEC_TEAM_AAD,
+        VEC_TEAM_PLAINTEXT,
+        VEC_TEAM_BLOB,
+        VEC_TEAM_REF,
+    ] {
+        assert!(FORMAT_MD.contains(v), "docs/FORMAT.md lacks {v}");
+    }
+    let master: [u8; 32] = base64_decode(VEC_MASTER_B64).try_into().expect("32 bytes");
+    assert_eq!(
+        hex(&info(&[LABEL_OWNER_KEY, b"team", b"acme"])),
+        VEC_INFO_TEAM_ACME
+    );
+    assert_eq!(
+        hex(&info(&[LABEL_OWNER_KEY, b"platform", b"platform"])),
+        VEC_INFO_PLATFORM
+    );
+    assert_eq!(hex(&owner_key(&master, "team", "acme")), VEC_TEAM_KEY_ACME);
+    assert_eq!(
+        hex(&owner_associated_data("k1", "team", "acme", "openai")),
+        VEC_TEAM_AAD
+    );
+    let blob = unhex(VEC_TEAM_BLOB);
+    assert_eq!(
+        &blob[1..25],
+        &unhex("808182838485868788898a8b8c8d8e8f9091929394959697")[..]
+    );
+    let opened = open_owned(&master, "k1", ("team", "acme"), "openai", &blob);
+    assert_eq!(opened.as_deref(), Some(VEC_TEAM_PLAINTEXT.as_bytes()));
+    // §10: the row opens as no other owner.
+    for owner in [
+        ("user", "acme"),
+        ("user", "team:acme"),
+        ("platform", "acme"),
+        ("team", "acme2"),
+    ] {
+        assert!(
+            open_owned(&master, "k1", owner, "openai", &blob).is_none(),
+            "{owner:?}"
+        );
+    }
+    let vault_secret: [u8; 32] = unhex(VEC_VAULT_SECRET).try_into().expect("32 bytes");
+    assert_eq!(owner_ref(&vault_secret, "team", "acme"), VEC_TEAM_REF);
+    assert_ne!(VEC_TEAM_REF, user_ref(&vault_secret, "acme"));
+
+    // The crate serves a database built by hand from the vectors.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys.db");
+    let keyring = || Keyring::parse(&format!("k1:{VEC_MASTER_B64}")).expect("keyring");
+    drop(
+        Vault::open(SqliteStore::open(&path).await.expect("store"), keyring())
+            .await
+            .expect("vault"),
+    );
+    let pool = raw_pool(&path).await;
+    sqlx::query("DELETE FROM byok_check")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    sqlx::query("INSERT INTO byok_check (key_id, sealed, created_at) VALUES (?, ?, ?)")
+        .bind("k1")
+        .bind(unhex(VEC_CHECK_BLOB))
+        .bind(1_767_225_600_000_i64)
+        .execute(&pool)
+        .await
+        .expect("insert check record");
+    insert_owned_row(&pool, "team", "acme", &blob).await;
+    // The same blob as a user's row: of user "team:acme", named like the team, and of
+    // user "acme", with the team's id.
+    for user in ["team:acme", "acme"] {
+        insert_owned_row(&pool, "user", user, &blob).await;
+    }
+    pool.close().await;
+
+    let vault = Vault::open(SqliteStore::open(&path).await.expect("store"), keyring())
+        .await
+        .expect("vault");
+    let keys = vault
+        .keys_for_member("bob", Some("acme"))
+        .await
+        .expect("a member of acme");
+    let key = keys.get("openai").expect("the team's key");
+    assert_eq!(key.expose_secret(), VEC_TEAM_PLAINTEXT);
+    assert_eq!(key.source(), KeySource::Team);
+    // Users holding the team's blob as their own row: it does not open (§10).
+    for user in ["team:acme", "acme"] {
+        assert_eq!(
+            vault
+                .keys_for(user)
+                .await
+                .expect_err("does not open")
+                .kind(),
+            ErrorKind::Decrypt,
+            "{user}"
+        );
+    }
+    let listed = vault.list_for(Owner::team("acme")).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].masked, mask(VEC_TEAM_PLAINTEXT));
+
+    // A team key the crate writes opens with the document's recipe, and its audit
+    // record names the team by §8.2's owner reference.
+    vault
+        .put_for(Owner::team("acme"), "gemini", "AIza-team-FORMAT-0123456789")
+        .await
+        .expect("put");
+    let pool = raw_pool(&path).await;
+    let (sealed, kind): (Vec<u8>, String) = sqlx::query_as(
+        "SELECT sealed, owner_kind FROM byok_keys WHERE user_id = 'acme' AND provider = 'gemini'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!(kind, "team");
+    assert_eq!(
+        open_owned(&master, "k1", ("team", "acme"), "gemini", &sealed).as_deref(),
+        Some(&b"AIza-team-FORMAT-0123456789"[..])
+    );
+    let (audit_ref,): (String,) =
+        sqlx::query_as("SELECT user_ref FROM byok_audit ORDER BY id DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .expect("audit");
+    assert_eq!(audit_ref, VEC_TEAM_REF);
+    // The change feed names the owner's kind.
+    let (feed_kind, feed_id): (String, String) =
+        sqlx::query_as("SELECT owner_kind, user_id FROM byok_changes ORDER BY seq DESC LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .expect("change");
+    assert_eq!((feed_kind.as_str(), feed_id.as_str()), ("team", "acme"));
+    pool.close().await;
+}
+
+/// Writes a row of any owner kind by hand, as another implementation would.
+async fn insert_owned_row(pool: &SqlitePool, kind: &str, owner_id: &str, sealed: &[u8]) {
+    sqlx::query(
+        "INSERT INTO byok_keys (owner_kind, user_id, provider, key_id, sealed, hint, fingerprint, \
+         created_at, updated_at, expires_at) VALUES (?, ?, 'openai', 'k1', ?, ?, '', 0, 0, NULL)",
+    )
+    .bind(kind)
+    .bind(owner_id)
+    .bind(sealed)
+    .bind(mask(VEC_TEAM_PLAINTEXT))
+    .execute(pool)
+    .await
+    .expect("insert owned row");
+}
+
+/// A database written before owners existed (migrations 1 and 2 only, rows sealed by
+/// the original recipe) is upgraded by migration 3 when a vault opens it: its rows keep
+/// opening as users' rows, and the change feed's triggers, rebuilt with the table, still
+/// name the user whose row changed.
+#[tokio::test]
+async fn a_database_from_before_owners_upgrades_and_keeps_opening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys.db");
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true),
+    )
+    .await
+    .expect("a new database file");
+    sqlx::query(
+        "CREATE TABLE byok_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         checksum TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .expect("ledger");
+    for (version, description, sql) in [
+        (
+            1_i64,
+            "init",
+            include_str!("../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "change feed",
+            include_str!("../migrations/sqlite/0002_changes.sql"),
+        ),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("old migration");
+        sqlx::query("INSERT INTO byok_migrations VALUES (?, ?, ?, 0)")
+            .bind(version)
+            .bind(description)
+            .bind(hex(&Sha256::digest(sql.as_bytes())))
+            .execute(&pool)
+            .await
+            .expect("record");
+    }
+    sqlx::query("INSERT INTO byok_check (key_id, sealed, created_at) VALUES ('k1', ?, 0)")
+        .bind(unhex(VEC_CHECK_BLOB))
+        .execute(&pool)
+        .await
+        .expect("check record");
+    insert_row(
+        &pool,
+        ("alice", "openai", "k1"),
+        &unhex(VEC_BLOB),
+        &mask(VEC_PLAINTEXT),
+        VEC_FINGERPRINT,
+    )
+    .await;
+    pool.close().await;
+
+    let keyring = Keyring::parse(&format!("k1:{VEC_MASTER_B64}")).expect("keyring");
+    let vault = Vault::open(SqliteStore::open(&path).await.expect("store"), keyring)
+        .await
+        .expect("the upgrade runs");
+    let key = vault
+        .get("alice", "openai")
+        .await
+        .expect("get")
+        .expect("row");
+    assert_eq!(key.expose_secret(), VEC_PLAINTEXT);
+    assert_eq!(key.source(), KeySource::Database);
+    let pool = raw_pool(&path).await;
+    let (kind, versions): (String, i64) = sqlx::query_as(
+        "SELECT owner_kind, (SELECT MAX(version) FROM byok_migrations) FROM byok_keys",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    assert_eq!((kind.as_str(), versions), ("user", 3));
+    // The rebuilt triggers: an operator's SQL on the old row is noted, naming the user.
+    sqlx::query("DELETE FROM byok_changes")
+        .execute(&pool)
+        .await
+        .expect("clear");
+    sqlx::query("UPDATE byok_keys SET expires_at = 1 WHERE user_id = 'alice'")
+        .execute(&pool)
+        .await
+        .expect("update");
+    let changes: Vec<(String, String)> =
+        sqlx::query_as("SELECT owner_kind, user_id FROM byok_changes ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("changes");
+    assert_eq!(changes, [("user".to_owned(), "alice".to_owned())]);
+    pool.close().await;
 }

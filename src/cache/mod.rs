@@ -40,6 +40,11 @@
 //! Loads are guarded by generations so that a load which raced a write cannot put the
 //! older keys back: the generation check and moka's insert happen under one lock, which
 //! `invalidate` also takes.
+//!
+//! Teams' and the platform's keys live in a second cache of the same kind, nested in
+//! the users' one ([`KeyCache::owners`]), keyed by [`owner_key`]: a team's change drops
+//! the team's one entry, and no member's; the users' cache, and so a teamless user's
+//! hit, is as it was. [`invalidate_all`](KeyCache::invalidate_all) empties both.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,6 +57,17 @@ use tokio::sync::OnceCell;
 use crate::error::{Error, ErrorKind};
 use crate::keys::UserKeys;
 use crate::metrics::{CacheCounters, LoadTimer};
+use crate::owner::OwnerKind;
+
+/// The key of a team's or the platform's entry in [`KeyCache::owners`]: the kind, a
+/// colon, the id. Kinds hold no colon, so no two owners share a key.
+pub(crate) fn owner_key(kind: OwnerKind, owner_id: &str) -> String {
+    let mut key = String::with_capacity(kind.as_str().len() + 1 + owner_id.len());
+    key.push_str(kind.as_str());
+    key.push(':');
+    key.push_str(owner_id);
+    key
+}
 
 type Hasher = foldhash::fast::RandomState;
 /// The entry behind an `Arc`: moka's `get` clones the value it returns, and one
@@ -101,6 +117,9 @@ pub(crate) struct KeyCache {
     load_timeout: Duration,
     stale_if_error: Option<Duration>,
     counters: CacheCounters,
+    /// Teams' and the platform's entries, with the same settings; `None` in that nested
+    /// cache itself.
+    owners: Option<Box<KeyCache>>,
 }
 
 impl KeyCache {
@@ -108,6 +127,20 @@ impl KeyCache {
     /// if given, is how long past the TTL an entry may still be served when a load fails
     /// with a store error or a timeout.
     pub(crate) fn new(
+        ttl: Duration,
+        capacity: u64,
+        load_timeout: Duration,
+        stale_if_error: Option<Duration>,
+    ) -> Self {
+        let owners = Self::plain(ttl, capacity, load_timeout, stale_if_error);
+        Self {
+            owners: Some(Box::new(owners)),
+            ..Self::plain(ttl, capacity, load_timeout, stale_if_error)
+        }
+    }
+
+    /// A cache with no nested owners' cache.
+    fn plain(
         ttl: Duration,
         capacity: u64,
         load_timeout: Duration,
@@ -130,7 +163,13 @@ impl KeyCache {
             load_timeout,
             stale_if_error,
             counters: CacheCounters::register(),
+            owners: None,
         }
+    }
+
+    /// The cache of teams' and the platform's keys, keyed by [`owner_key`].
+    pub(crate) fn owners(&self) -> &KeyCache {
+        self.owners.as_deref().unwrap_or(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -319,6 +358,10 @@ impl KeyCache {
         // moka marks every entry inserted up to now invalid at once; the memory is
         // reclaimed by its housekeeping.
         self.entries.invalidate_all();
+        drop(shared);
+        if let Some(owners) = &self.owners {
+            owners.invalidate_all();
+        }
     }
 }
 

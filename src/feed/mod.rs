@@ -271,6 +271,13 @@ impl Invalidate for KeyCache {
         metrics::invalidated(Source::Feed, Scope::User);
     }
 
+    fn owner(&self, kind: crate::owner::OwnerKind, owner_id: &str) {
+        // The team's (or the platform's) one entry: its members' entries stay.
+        self.owners()
+            .invalidate(&crate::cache::owner_key(kind, owner_id));
+        metrics::invalidated(Source::Feed, Scope::User);
+    }
+
     fn all(&self) {
         self.invalidate_all();
         metrics::invalidated(Source::Feed, Scope::All);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
+use super::tracker::owner_of;
 use super::{Batch, ChangeSource, FeedMode, Wake};
 use crate::error::Result;
 use crate::store::postgres::store_error;
@@ -66,13 +67,15 @@ impl ChangeSource for PostgresChanges {
     async fn read(&mut self, after: i64, limit: u32) -> Result<Batch> {
         // One statement, so the rows and the snapshot bounds come from one snapshot.
         let mut session = self.store.session().await?;
-        let rows: Vec<(Option<i64>, Option<String>, i64, i64)> = sqlx::query_as(
-            "SELECT c.seq, c.user_id, \
+        // (seq, owner kind, owner id, xmin, xmax); one row of NULLs when nothing is new.
+        type Row = (Option<i64>, Option<String>, Option<String>, i64, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT c.seq, c.owner_kind, c.user_id, \
                     pg_snapshot_xmin(s.snap)::text::bigint, \
                     pg_snapshot_xmax(s.snap)::text::bigint \
              FROM (SELECT pg_current_snapshot() AS snap) s \
              LEFT JOIN LATERAL ( \
-                 SELECT seq, user_id FROM byok_changes WHERE seq > $1 ORDER BY seq LIMIT $2 \
+                 SELECT seq, owner_kind, user_id FROM byok_changes WHERE seq > $1 ORDER BY seq LIMIT $2 \
              ) c ON true",
         )
         .persistent(self.store.prepared())
@@ -82,11 +85,13 @@ impl ChangeSource for PostgresChanges {
         .await
         .map_err(store_error)?;
         session.finish().await.map_err(store_error)?;
-        let (xmin, xmax) = rows.first().map_or((0, 0), |r| (r.2, r.3));
+        let (xmin, xmax) = rows.first().map_or((0, 0), |r| (r.3, r.4));
         Ok(Batch {
             rows: rows
                 .into_iter()
-                .filter_map(|(seq, user_id, _, _)| Some((seq?, user_id)))
+                .filter_map(|(seq, kind, owner_id, _, _)| {
+                    Some((seq?, owner_of(kind.as_deref().unwrap_or(""), owner_id)))
+                })
                 .collect(),
             xmin,
             xmax,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{ConnectOptions, Connection};
 
+use super::tracker::owner_of;
 use super::{Batch, ChangeSource, FeedMode, Wake};
 use crate::error::{Error, Result};
 
@@ -49,8 +50,8 @@ impl ChangeSource for SqliteChanges {
     }
 
     async fn read(&mut self, after: i64, limit: u32) -> Result<Batch> {
-        let rows = sqlx::query_as(
-            "SELECT seq, user_id FROM byok_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT seq, owner_kind, user_id FROM byok_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
         .bind(i64::from(limit))
@@ -59,7 +60,10 @@ impl ChangeSource for SqliteChanges {
         .map_err(Error::store)?;
         // Nothing can still commit below what was read: every gap is settled at once.
         Ok(Batch {
-            rows,
+            rows: rows
+                .into_iter()
+                .map(|(seq, kind, owner_id)| (seq, owner_of(&kind, owner_id)))
+                .collect(),
             xmin: i64::MAX,
             xmax: 0,
         })

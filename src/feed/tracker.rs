@@ -11,14 +11,25 @@
 
 use std::collections::BTreeMap;
 
+use crate::owner::OwnerKind;
+
+/// The owner a change names: its kind and id.
+pub(crate) type Owner = (OwnerKind, String);
+
+/// Reads an owner from the change table: `None` (every owner) for a NULL id, as a
+/// TRUNCATE writes, and for a kind this crate does not know, so that nothing is missed.
+pub(crate) fn owner_of(kind: &str, owner_id: Option<String>) -> Option<Owner> {
+    Some((OwnerKind::parse(kind)?, owner_id?))
+}
+
 /// One read of the change table: the changes after a sequence value, in order, and the
 /// snapshot they were read in.
 ///
 /// No `Debug`: its rows hold raw user ids, which no log line may show.
 #[derive(Default)]
 pub(crate) struct Batch {
-    /// `(seq, user_id)`; `None` stands for every user.
-    pub(crate) rows: Vec<(i64, Option<String>)>,
+    /// `(seq, owner)`; `None` stands for every owner.
+    pub(crate) rows: Vec<(i64, Option<Owner>)>,
     /// Every transaction below this one had ended when the rows were read.
     pub(crate) xmin: i64,
     /// Every transaction that could still commit a change below these rows is below this.
@@ -29,6 +40,8 @@ pub(crate) struct Batch {
 pub(crate) trait Invalidate {
     /// Forgets one user's keys.
     fn user(&self, user_id: &str);
+    /// Forgets the keys of a team or of the platform.
+    fn owner(&self, kind: OwnerKind, owner_id: &str);
     /// Forgets every user's keys.
     fn all(&self);
 }
@@ -72,12 +85,13 @@ impl Tracker {
     /// Applies the rows not applied before, returning how many it applied.
     pub(crate) fn apply(&mut self, batch: &Batch, sink: &impl Invalidate) -> usize {
         let mut applied = 0;
-        for (seq, user_id) in &batch.rows {
+        for (seq, owner) in &batch.rows {
             if *seq <= self.horizon || self.held.contains_key(seq) {
                 continue;
             }
-            match user_id {
-                Some(user_id) => sink.user(user_id),
+            match owner {
+                Some((OwnerKind::User, user_id)) => sink.user(user_id),
+                Some((kind, owner_id)) => sink.owner(*kind, owner_id),
                 None => sink.all(),
             }
             self.held.insert(*seq, batch.xmax);
@@ -136,16 +150,27 @@ mod tests {
         fn user(&self, user_id: &str) {
             self.0.borrow_mut().push(user_id.to_owned());
         }
+        fn owner(&self, kind: OwnerKind, owner_id: &str) {
+            self.0.borrow_mut().push(format!("{kind}:{owner_id}"));
+        }
         fn all(&self) {
             self.0.borrow_mut().push("*".to_owned());
         }
     }
 
+    /// Rows named `"u"` (user `u`), `"team:t"` (team `t`) or `"*"` (every owner).
     fn batch(rows: &[(i64, &str)], xmin: i64, xmax: i64) -> Batch {
         Batch {
             rows: rows
                 .iter()
-                .map(|(s, u)| (*s, (*u != "*").then(|| (*u).to_owned())))
+                .map(|(s, u)| {
+                    let owner = match u.split_once(':') {
+                        _ if *u == "*" => None,
+                        Some((kind, id)) => owner_of(kind, Some(id.to_owned())),
+                        None => owner_of("user", Some((*u).to_owned())),
+                    };
+                    (*s, owner)
+                })
                 .collect(),
             xmin,
             xmax,
@@ -212,6 +237,24 @@ mod tests {
     }
 
     #[test]
+    fn a_change_names_its_owner_kind() {
+        let (mut t, sink) = (Tracker::new(0), Seen::default());
+        read(
+            &mut t,
+            &batch(
+                &[(1, "acme"), (2, "team:acme"), (3, "platform:platform")],
+                1,
+                1,
+            ),
+            &sink,
+        );
+        assert_eq!(*sink.0.borrow(), ["acme", "team:acme", "platform:platform"]);
+        // A kind this crate does not know forgets everything rather than nothing.
+        assert_eq!(owner_of("robot", Some("r".to_owned())), None);
+        assert_eq!(owner_of("team", None), None);
+    }
+
+    #[test]
     fn every_user_is_forgotten_for_a_truncate() {
         let (mut t, sink) = (Tracker::new(0), Seen::default());
         read(&mut t, &batch(&[(1, "*")], 1, 1), &sink);
@@ -221,7 +264,7 @@ mod tests {
     #[test]
     fn too_many_held_changes_forget_everyone_and_start_over() {
         let (mut t, sink) = (Tracker::new(0), Seen::default());
-        let rows: Vec<(i64, Option<String>)> =
+        let rows: Vec<(i64, Option<Owner>)> =
             (2..=(MAX_HELD as i64 + 2)).map(|s| (s, None)).collect();
         t.apply(
             &Batch {

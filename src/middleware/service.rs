@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,6 +31,8 @@ struct Shared<R> {
     vault: Vault,
     resolver: R,
     config: Arc<Config>,
+    /// The vault falls back to the platform's keys: every request takes the chain.
+    chain: bool,
 }
 
 impl<S, R> Byok<S, R> {
@@ -37,6 +40,7 @@ impl<S, R> Byok<S, R> {
         Self {
             inner,
             shared: Arc::new(Shared {
+                chain: vault.platform_fallback(),
                 vault,
                 resolver,
                 config,
@@ -87,6 +91,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
         let shared = &*self.shared;
+        // A request acting for a team, or any request when the platform's keys are a
+        // fallback, takes the chain. A resolver that names no team answers `None`
+        // inline, so the single-user path below costs one flag test more.
+        if shared.chain || shared.resolver.resolve_team(&request).is_some() {
+            return member(inner, request, shared);
+        }
         let Some(user) = shared.resolver.resolve(&request) else {
             return no_user(inner, request, &shared.config);
         };
@@ -126,6 +136,47 @@ where
 {
     let vault = shared.vault.clone();
     let load = Box::pin(async move { vault.cached(&user).await });
+    ResponseFuture::load(load, inner, request, shared.config.clone())
+}
+
+/// A request served the chain: the user's own keys, the team's, the platform's
+/// ([`Vault::keys_for_member`](crate::Vault::keys_for_member)). From the caches when all
+/// of them are there; else loaded in a boxed future, as a user's miss is.
+#[inline(never)]
+fn member<S, R, B>(
+    mut inner: S,
+    mut request: Request<B>,
+    shared: &Shared<R>,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    R: ResolveUser<B>,
+{
+    let Some(user) = shared.resolver.resolve(&request) else {
+        return no_user(inner, request, &shared.config);
+    };
+    let team = shared.resolver.resolve_team(&request);
+    if let Some(keys) = shared.vault.member_cache_hit(&user, team.as_deref()) {
+        drop((user, team));
+        return match prepare(&mut request, keys, &shared.config) {
+            Ok(()) => ResponseFuture::inner(inner.call(request)),
+            Err(rejection) => ResponseFuture::reject(rejection, &shared.config),
+        };
+    }
+    if crate::validate::user_id(&user).is_err() {
+        drop((user, team));
+        return no_user(inner, request, &shared.config);
+    }
+    let (user, team) = (user.into_owned(), team.map(Cow::into_owned));
+    let vault = shared.vault.clone();
+    // An invalid team id (the application's resolver named one) fails the load with
+    // `InvalidTeamId`: answered as keys unavailable, never served another owner's keys.
+    let load = Box::pin(async move {
+        vault
+            .keys_for_member(&user, team.as_deref())
+            .await
+            .map_err(|e| e.kind())
+    });
     ResponseFuture::load(load, inner, request, shared.config.clone())
 }
 

@@ -7,8 +7,9 @@
 use std::future::Future;
 
 use super::{AuditQuery, BoxFuture, StoredKey};
-use crate::audit::AuditRecord;
+use crate::audit::{AuditAction, AuditRecord};
 use crate::error::Result;
+use crate::owner::OwnerKind;
 
 /// Walking every row and re-sealing rows one at a time: what
 /// [`Vault::rewrap`](crate::Vault::rewrap), [`Vault::verify`](crate::Vault::verify) and
@@ -96,6 +97,86 @@ pub trait AuditStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
 }
 
+/// Keys of teams and of the platform, and each team's policy: what
+/// [`Vault::put_for`](crate::Vault::put_for) and
+/// [`Vault::keys_for_member`](crate::Vault::keys_for_member) need. Announced by
+/// [`KeyStore::owners`](super::KeyStore::owners).
+///
+/// Each method is its [`KeyStore`](super::KeyStore) counterpart for an owner of any
+/// kind: `owner_id` (and a row's `user_id`) is the owner's id within `kind`, and owners of
+/// different kinds never share a row, even with equal ids. A change to a team's keys or
+/// policy must reach the change feed as a change of that team.
+pub trait OwnerStore: Send + Sync {
+    /// All rows of one owner, expired ones included, ordered by provider.
+    fn fetch_owner(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+    ) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// [`KeyStore::upsert`](super::KeyStore::upsert) for an owner of `kind`.
+    fn upsert_owner(
+        &self,
+        kind: OwnerKind,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> impl Future<Output = Result<AuditAction>> + Send;
+
+    /// [`KeyStore::delete`](super::KeyStore::delete) for an owner of `kind`.
+    fn delete_owner(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// [`ExpiryStore::set_expiry`] for an owner of `kind`.
+    fn set_owner_expiry(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+        provider: &str,
+        expires_at: Option<i64>,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether a team lets its members' own keys win (`Some(true)`), serves only its own
+    /// keys (`Some(false)`), or has no policy stored (`None`).
+    fn team_policy(&self, team_id: &str) -> impl Future<Output = Result<Option<bool>>> + Send;
+
+    /// Stores a team's policy, writing `audit` (action
+    /// [`AuditAction::PolicyChange`](crate::AuditAction::PolicyChange), provider empty)
+    /// in the same transaction.
+    fn set_team_policy(
+        &self,
+        team_id: &str,
+        members_keys: bool,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// [`RotationStore::keys_page`] over the rows of `kind` only (`(owner id, provider)`
+    /// order): the pages of a rewrap or a verification of teams' and the platform's keys.
+    fn owner_keys_page(
+        &self,
+        kind: OwnerKind,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// [`RotationStore::reseal`] for a row of `kind`.
+    fn reseal_owner(
+        &self,
+        kind: OwnerKind,
+        old: &StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
 /// The capability a store does not have: no value exists, so no method runs.
 pub(super) enum Never {}
 
@@ -124,6 +205,65 @@ impl ExpiryStore for Never {
         match *self {}
     }
     async fn delete_expired(&self, _: &str, _: &str, _: i64, _: &AuditRecord) -> Result<bool> {
+        match *self {}
+    }
+}
+
+impl OwnerStore for Never {
+    async fn fetch_owner(&self, _: OwnerKind, _: &str) -> Result<Vec<StoredKey>> {
+        match *self {}
+    }
+    async fn upsert_owner(
+        &self,
+        _: OwnerKind,
+        _: &StoredKey,
+        _: &AuditRecord,
+        _: u32,
+    ) -> Result<AuditAction> {
+        match *self {}
+    }
+    async fn delete_owner(
+        &self,
+        _: OwnerKind,
+        _: &str,
+        _: Option<&str>,
+        _: &AuditRecord,
+    ) -> Result<Vec<String>> {
+        match *self {}
+    }
+    async fn set_owner_expiry(
+        &self,
+        _: OwnerKind,
+        _: &str,
+        _: &str,
+        _: Option<i64>,
+        _: &AuditRecord,
+    ) -> Result<bool> {
+        match *self {}
+    }
+    async fn team_policy(&self, _: &str) -> Result<Option<bool>> {
+        match *self {}
+    }
+    async fn set_team_policy(&self, _: &str, _: bool, _: &AuditRecord) -> Result<()> {
+        match *self {}
+    }
+    async fn owner_keys_page(
+        &self,
+        _: OwnerKind,
+        _: Option<(&str, &str)>,
+        _: u32,
+        _: Option<&str>,
+    ) -> Result<Vec<StoredKey>> {
+        match *self {}
+    }
+    async fn reseal_owner(
+        &self,
+        _: OwnerKind,
+        _: &StoredKey,
+        _: &str,
+        _: &[u8],
+        _: &AuditRecord,
+    ) -> Result<bool> {
         match *self {}
     }
 }
@@ -230,5 +370,149 @@ pub(crate) trait DynAudit: Send + Sync {
 impl<S: AuditStore> DynAudit for S {
     fn audit_trail<'a>(&'a self, query: &'a AuditQuery) -> BoxFuture<'a, Result<Vec<AuditRecord>>> {
         Box::pin(AuditStore::audit_trail(self, query))
+    }
+}
+
+/// [`OwnerStore`] made object safe (see `DynKeyStore`).
+pub(crate) trait DynOwner: Send + Sync {
+    fn fetch_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn upsert_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        row: &'a StoredKey,
+        audit: &'a AuditRecord,
+        max_providers: u32,
+    ) -> BoxFuture<'a, Result<AuditAction>>;
+    fn delete_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+        provider: Option<&'a str>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<Vec<String>>>;
+    fn set_owner_expiry<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+        provider: &'a str,
+        expires_at: Option<i64>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn team_policy<'a>(&'a self, team_id: &'a str) -> BoxFuture<'a, Result<Option<bool>>>;
+    fn set_team_policy<'a>(
+        &'a self,
+        team_id: &'a str,
+        members_keys: bool,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn owner_keys_page<'a>(
+        &'a self,
+        kind: OwnerKind,
+        after: Option<(&'a str, &'a str)>,
+        limit: u32,
+        exclude_key_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn reseal_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        old: &'a StoredKey,
+        key_id: &'a str,
+        sealed: &'a [u8],
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
+}
+
+impl<S: OwnerStore> DynOwner for S {
+    fn fetch_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
+        Box::pin(OwnerStore::fetch_owner(self, kind, owner_id))
+    }
+    fn upsert_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        row: &'a StoredKey,
+        audit: &'a AuditRecord,
+        max_providers: u32,
+    ) -> BoxFuture<'a, Result<AuditAction>> {
+        Box::pin(OwnerStore::upsert_owner(
+            self,
+            kind,
+            row,
+            audit,
+            max_providers,
+        ))
+    }
+    fn delete_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+        provider: Option<&'a str>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(OwnerStore::delete_owner(
+            self, kind, owner_id, provider, audit,
+        ))
+    }
+    fn set_owner_expiry<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+        provider: &'a str,
+        expires_at: Option<i64>,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(OwnerStore::set_owner_expiry(
+            self, kind, owner_id, provider, expires_at, audit,
+        ))
+    }
+    fn team_policy<'a>(&'a self, team_id: &'a str) -> BoxFuture<'a, Result<Option<bool>>> {
+        Box::pin(OwnerStore::team_policy(self, team_id))
+    }
+    fn set_team_policy<'a>(
+        &'a self,
+        team_id: &'a str,
+        members_keys: bool,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(OwnerStore::set_team_policy(
+            self,
+            team_id,
+            members_keys,
+            audit,
+        ))
+    }
+    fn owner_keys_page<'a>(
+        &'a self,
+        kind: OwnerKind,
+        after: Option<(&'a str, &'a str)>,
+        limit: u32,
+        exclude_key_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
+        Box::pin(OwnerStore::owner_keys_page(
+            self,
+            kind,
+            after,
+            limit,
+            exclude_key_id,
+        ))
+    }
+    fn reseal_owner<'a>(
+        &'a self,
+        kind: OwnerKind,
+        old: &'a StoredKey,
+        key_id: &'a str,
+        sealed: &'a [u8],
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(OwnerStore::reseal_owner(
+            self, kind, old, key_id, sealed, audit,
+        ))
     }
 }

@@ -3,7 +3,8 @@
 use std::future::Future;
 
 use super::capability::{
-    AuditStore, DynAudit, DynExpiry, DynRotation, ExpiryStore, Never, RotationStore,
+    AuditStore, DynAudit, DynExpiry, DynOwner, DynRotation, ExpiryStore, Never, OwnerStore,
+    RotationStore,
 };
 use super::{BoxFuture, StoredKey};
 use crate::audit::{AuditAction, AuditRecord};
@@ -112,6 +113,11 @@ pub trait KeyStore: Send + Sync + 'static {
     fn audit(&self) -> Option<&impl AuditStore> {
         None::<&Never>
     }
+
+    /// This store as an [`OwnerStore`], if it is one. `None` by default.
+    fn owners(&self) -> Option<&impl OwnerStore> {
+        None::<&Never>
+    }
 }
 
 /// [`KeyStore`] made object safe, so that [`Vault`](crate::Vault) is one type whatever its
@@ -140,6 +146,7 @@ pub(crate) trait DynKeyStore: Send + Sync + 'static {
     fn rotation(&self) -> Option<&dyn DynRotation>;
     fn expiry(&self) -> Option<&dyn DynExpiry>;
     fn audit(&self) -> Option<&dyn DynAudit>;
+    fn owners(&self) -> Option<&dyn DynOwner>;
 }
 
 impl<S: KeyStore> DynKeyStore for S {
@@ -180,5 +187,8 @@ impl<S: KeyStore> DynKeyStore for S {
     }
     fn audit(&self) -> Option<&dyn DynAudit> {
         KeyStore::audit(self).map(|s| s as &dyn DynAudit)
+    }
+    fn owners(&self) -> Option<&dyn DynOwner> {
+        KeyStore::owners(self).map(|s| s as &dyn DynOwner)
     }
 }

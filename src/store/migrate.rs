@@ -30,6 +30,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         description: "change feed",
         sql: include_str!("../../migrations/sqlite/0002_changes.sql"),
     },
+    Migration {
+        version: 3,
+        description: "owners",
+        sql: include_str!("../../migrations/sqlite/0003_owners.sql"),
+    },
 ];
 
 #[cfg(feature = "postgres")]
@@ -43,6 +48,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         description: "change feed",
         sql: include_str!("../../migrations/postgres/0002_changes.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "owners",
+        sql: include_str!("../../migrations/postgres/0003_owners.sql"),
     },
 ];
 

@@ -12,7 +12,8 @@
 //!   [`KeyStore`] method that returns it, `None` by default:
 //!   [`RotationStore`] ([`KeyStore::rotation`]: rewrap, verify, retiring a master key),
 //!   [`ExpiryStore`] ([`KeyStore::expiry`]: changing an expiry, purging expired keys) and
-//!   [`AuditStore`] ([`KeyStore::audit`]: reading the audit trail). A vault on a store
+//!   [`AuditStore`] ([`KeyStore::audit`]: reading the audit trail) and [`OwnerStore`]
+//!   ([`KeyStore::owners`]: keys of teams and of the platform, teams' policies). A vault on a store
 //!   without one answers the operations that need it with
 //!   [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported); nothing else changes.
 //!
@@ -79,8 +80,8 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-pub use self::capability::{AuditStore, ExpiryStore, RotationStore};
-pub(crate) use self::capability::{DynAudit, DynExpiry, DynRotation};
+pub use self::capability::{AuditStore, ExpiryStore, OwnerStore, RotationStore};
+pub(crate) use self::capability::{DynAudit, DynExpiry, DynOwner, DynRotation};
 pub(crate) use self::key_store::DynKeyStore;
 pub use self::key_store::KeyStore;
 

@@ -7,6 +7,12 @@ use sqlx::{Connection as _, Postgres, Transaction};
 use super::{migrate, Session};
 use crate::error::{Error, ErrorKind, Result};
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "deliberate: one text for both backends, each compiled against its own types"
+)]
+#[path = "owner_queries.rs"]
+mod owner_queries;
 /// The store traits' SQL, shared with SQLite, compiled here against [`Db`] and [`Store`]:
 /// see `queries.rs`.
 #[allow(

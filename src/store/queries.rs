@@ -19,11 +19,16 @@ use sqlx::{Database, Transaction};
 use super::{store_error, Db, Store};
 use crate::audit::{AuditAction, AuditRecord};
 use crate::error::{Error, ErrorKind, Result};
+use crate::owner::OwnerKind;
 use crate::store::migrate::SchemaTx;
-use crate::store::{AuditQuery, AuditStore, ExpiryStore, KeyStore, RotationStore, StoredKey};
+use crate::store::{
+    AuditQuery, AuditStore, ExpiryStore, KeyStore, OwnerStore, RotationStore, StoredKey,
+};
+
+// `OwnerStore` is implemented in `owner_queries.rs`, beside this file, on the same types.
 
 /// A row of `byok_keys` as the queries below select it, in [`StoredKey`]'s field order.
-type KeyRow = (
+pub(super) type KeyRow = (
     String,
     String,
     String,
@@ -41,25 +46,14 @@ impl KeyStore for Store {
     }
 
     async fn fetch_user(&self, user_id: &str) -> Result<Vec<StoredKey>> {
-        let mut session = self.session().await?;
-        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
-            "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
-            "FROM byok_keys WHERE user_id = $1 ORDER BY provider"
-        ))
-        .persistent(self.prepared())
-        .bind(user_id)
-        .fetch_all(session.conn())
-        .await
-        .map_err(store_error)?;
-        session.finish().await.map_err(store_error)?;
-        Ok(rows.into_iter().map(stored_key).collect())
+        self.owner_rows(OwnerKind::User, user_id).await
     }
 
     async fn fetch_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>> {
         let mut session = self.session().await?;
         let row: Option<KeyRow> = sqlx::query_as(concat!(
             "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
-            "FROM byok_keys WHERE user_id = $1 AND provider = $2"
+            "FROM byok_keys WHERE user_id = $1 AND owner_kind = 'user' AND provider = $2"
         ))
         .persistent(self.prepared())
         .bind(user_id)
@@ -77,58 +71,8 @@ impl KeyStore for Store {
         audit: &AuditRecord,
         max_providers: u32,
     ) -> Result<AuditAction> {
-        // The user's writes are serialized from here to the commit (SQLite: the write
-        // lock of BEGIN IMMEDIATE; PostgreSQL: an advisory lock on the user), so the
-        // count below cannot be outdated by a concurrent put of another new provider.
-        let mut tx = self.begin_user_write(&row.user_id).await?;
-        let action = loop {
-            // The same parameters in the same places as the insert.
-            let updated = bind_row(
-                sqlx::query(concat!(
-                    "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
-                    "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2"
-                ))
-                .persistent(self.prepared()),
-                row,
-            )
-            .execute(&mut *tx)
+        self.upsert_as(OwnerKind::User, row, audit, max_providers)
             .await
-            .map_err(store_error)?;
-            if updated.rows_affected() == 1 {
-                break AuditAction::Replace;
-            }
-            let count: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM byok_keys WHERE user_id = $1")
-                    .persistent(self.prepared())
-                    .bind(&row.user_id)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            if count >= i64::from(max_providers) {
-                // Dropping the transaction rolls it back: nothing was written.
-                return Err(ErrorKind::TooManyProviders.into());
-            }
-            // Insert-or-nothing: a writer that does not take the user's lock (an
-            // operator's SQL) may have inserted the row meanwhile; then update it.
-            let inserted = bind_row(
-                sqlx::query(concat!(
-                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
-                    "created_at, updated_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ",
-                    "ON CONFLICT (user_id, provider) DO NOTHING"
-                ))
-                .persistent(self.prepared()),
-                row,
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-            if inserted.rows_affected() == 1 {
-                break AuditAction::Put;
-            }
-        };
-        insert_audit(&mut tx, self.prepared(), audit, &row.provider, action).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(action)
     }
 
     async fn delete(
@@ -137,30 +81,9 @@ impl KeyStore for Store {
         provider: Option<&str>,
         audit: &AuditRecord,
     ) -> Result<Vec<String>> {
-        let mut tx = self.begin_write().await?;
-        let deleted: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM byok_keys WHERE user_id = $1 AND ($2 IS NULL OR provider = $2) RETURNING provider",
-        )
-        .persistent(self.prepared())
-        .bind(user_id)
-        .bind(provider)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        for provider in &deleted {
-            insert_audit(
-                &mut tx,
-                self.prepared(),
-                audit,
-                provider,
-                AuditAction::Delete,
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(store_error)?;
-        Ok(deleted)
+        self.delete_as(OwnerKind::User, user_id, provider, audit)
+            .await
     }
-
     async fn check_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let mut session = self.session().await?;
         let records = sqlx::query_as("SELECT key_id, sealed FROM byok_check ORDER BY created_at")
@@ -233,6 +156,168 @@ impl KeyStore for Store {
     fn audit(&self) -> Option<&impl AuditStore> {
         Some(self)
     }
+
+    fn owners(&self) -> Option<&impl OwnerStore> {
+        Some(self)
+    }
+}
+
+impl Store {
+    /// The rows of one owner, expired ones included, ordered by provider.
+    pub(super) async fn owner_rows(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+    ) -> Result<Vec<StoredKey>> {
+        let mut session = self.session().await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
+            "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
+            "FROM byok_keys WHERE user_id = $1 AND owner_kind = $2 ORDER BY provider"
+        ))
+        .persistent(self.prepared())
+        .bind(owner_id)
+        .bind(kind.as_str())
+        .fetch_all(session.conn())
+        .await
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
+        Ok(rows.into_iter().map(stored_key).collect())
+    }
+
+    /// [`KeyStore::upsert`] for any owner: `row.user_id` is the owner's id.
+    pub(super) async fn upsert_as(
+        &self,
+        kind: OwnerKind,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> Result<AuditAction> {
+        // The owner's writes are serialized from here to the commit (SQLite: the write
+        // lock of BEGIN IMMEDIATE; PostgreSQL: an advisory lock on the user), so the
+        // count below cannot be outdated by a concurrent put of another new provider.
+        let mut tx = self.begin_user_write(&row.user_id).await?;
+        let action = loop {
+            // The same parameters in the same places as the insert.
+            let updated = bind_row(
+                sqlx::query(concat!(
+                    "UPDATE byok_keys SET key_id = $3, sealed = $4, hint = $5, fingerprint = $6, ",
+                    "updated_at = $7, expires_at = $8 WHERE user_id = $1 AND provider = $2 AND owner_kind = $9"
+                ))
+                .persistent(self.prepared()),
+                row,
+            )
+            .bind(kind.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if updated.rows_affected() == 1 {
+                break AuditAction::Replace;
+            }
+            let count: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM byok_keys WHERE user_id = $1 AND owner_kind = $2",
+            )
+            .persistent(self.prepared())
+            .bind(&row.user_id)
+            .bind(kind.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if count >= i64::from(max_providers) {
+                // Dropping the transaction rolls it back: nothing was written.
+                return Err(ErrorKind::TooManyProviders.into());
+            }
+            // Insert-or-nothing: a writer that does not take the user's lock (an
+            // operator's SQL) may have inserted the row meanwhile; then update it.
+            let inserted = bind_row(
+                sqlx::query(concat!(
+                    "INSERT INTO byok_keys (user_id, provider, key_id, sealed, hint, fingerprint, ",
+                    "created_at, updated_at, expires_at, owner_kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) ",
+                    "ON CONFLICT (user_id, owner_kind, provider) DO NOTHING"
+                ))
+                .persistent(self.prepared()),
+                row,
+            )
+            .bind(kind.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if inserted.rows_affected() == 1 {
+                break AuditAction::Put;
+            }
+        };
+        insert_audit(&mut tx, self.prepared(), audit, &row.provider, action).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(action)
+    }
+
+    /// [`KeyStore::delete`] for any owner.
+    pub(super) async fn delete_as(
+        &self,
+        kind: OwnerKind,
+        user_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> Result<Vec<String>> {
+        let mut tx = self.begin_write().await?;
+        let deleted: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM byok_keys WHERE user_id = $1 AND owner_kind = $3 AND ($2 IS NULL OR provider = $2) RETURNING provider",
+        )
+        .persistent(self.prepared())
+        .bind(user_id)
+        .bind(provider)
+        .bind(kind.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        for provider in &deleted {
+            insert_audit(
+                &mut tx,
+                self.prepared(),
+                audit,
+                provider,
+                AuditAction::Delete,
+            )
+            .await?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(deleted)
+    }
+
+    /// [`ExpiryStore::set_expiry`] for any owner.
+    pub(super) async fn set_expiry_as(
+        &self,
+        kind: OwnerKind,
+        user_id: &str,
+        provider: &str,
+        expires_at: Option<i64>,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE byok_keys SET expires_at = $3 WHERE user_id = $1 AND owner_kind = $4 AND provider = $2",
+        )
+        .persistent(self.prepared())
+        .bind(user_id)
+        .bind(provider)
+        .bind(expires_at)
+        .bind(kind.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_audit(
+            &mut tx,
+            self.prepared(),
+            audit,
+            provider,
+            AuditAction::ExpiryChange,
+        )
+        .await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
 }
 
 impl RotationStore for Store {
@@ -248,7 +333,7 @@ impl RotationStore for Store {
         let mut session = self.session().await?;
         let rows: Vec<KeyRow> = sqlx::query_as(concat!(
             "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
-            "FROM byok_keys WHERE ($1 IS NULL OR key_id <> $1) ",
+            "FROM byok_keys WHERE owner_kind = 'user' AND ($1 IS NULL OR key_id <> $1) ",
             "AND (user_id, provider) > ($2, $3) ",
             "ORDER BY user_id, provider LIMIT $4"
         ))
@@ -274,7 +359,7 @@ impl RotationStore for Store {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(concat!(
             "UPDATE byok_keys SET key_id = $3, sealed = $4 ",
-            "WHERE user_id = $1 AND provider = $2 AND key_id = $5 AND sealed = $6"
+            "WHERE user_id = $1 AND owner_kind = 'user' AND provider = $2 AND key_id = $5 AND sealed = $6"
         ))
         .persistent(self.prepared())
         .bind(&old.user_id)
@@ -326,36 +411,14 @@ impl ExpiryStore for Store {
         expires_at: Option<i64>,
         audit: &AuditRecord,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE byok_keys SET expires_at = $3 WHERE user_id = $1 AND provider = $2",
-        )
-        .persistent(self.prepared())
-        .bind(user_id)
-        .bind(provider)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(
-            &mut tx,
-            self.prepared(),
-            audit,
-            provider,
-            AuditAction::ExpiryChange,
-        )
-        .await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
+        self.set_expiry_as(OwnerKind::User, user_id, provider, expires_at, audit)
+            .await
     }
 
     async fn expired_keys(&self, now: i64, limit: u32) -> Result<Vec<(String, String)>> {
         let mut session = self.session().await?;
         let expired = sqlx::query_as(concat!(
-            "SELECT user_id, provider FROM byok_keys WHERE expires_at IS NOT NULL AND expires_at <= $1 ",
+            "SELECT user_id, provider FROM byok_keys WHERE owner_kind = 'user' AND expires_at IS NOT NULL AND expires_at <= $1 ",
             "ORDER BY expires_at LIMIT $2"
         ))
         .persistent(self.prepared())
@@ -377,7 +440,7 @@ impl ExpiryStore for Store {
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(concat!(
-            "DELETE FROM byok_keys WHERE user_id = $1 AND provider = $2 ",
+            "DELETE FROM byok_keys WHERE user_id = $1 AND owner_kind = 'user' AND provider = $2 ",
             "AND expires_at IS NOT NULL AND expires_at <= $3"
         ))
         .persistent(self.prepared())
@@ -505,7 +568,7 @@ impl SchemaTx for Transaction<'_, Db> {
     }
 }
 
-fn stored_key(row: KeyRow) -> StoredKey {
+pub(super) fn stored_key(row: KeyRow) -> StoredKey {
     let (user_id, provider, key_id, sealed, hint, fingerprint, created, updated, expires) = row;
     StoredKey {
         user_id,
@@ -537,7 +600,7 @@ fn bind_row<'q>(
         .bind(row.expires_at)
 }
 
-async fn insert_audit(
+pub(super) async fn insert_audit(
     tx: &mut Transaction<'static, Db>,
     prepared: bool,
     audit: &AuditRecord,

@@ -16,6 +16,12 @@ fn store_error(error: sqlx::Error) -> Error {
     Error::store(error)
 }
 
+#[allow(
+    clippy::duplicate_mod,
+    reason = "deliberate: one text for both backends, each compiled against its own types"
+)]
+#[path = "owner_queries.rs"]
+mod owner_queries;
 /// The store traits' SQL, shared with PostgreSQL, compiled here against [`Db`] and
 /// [`Store`]: see `queries.rs`.
 #[allow(

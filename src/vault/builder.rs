@@ -29,6 +29,7 @@ pub struct VaultBuilder<S> {
     pub(super) max_providers: u32,
     pub(super) feed: FeedConfig,
     pub(super) stale_if_error: Option<Duration>,
+    pub(super) platform_fallback: bool,
 }
 
 impl<S: KeyStore> VaultBuilder<S> {
@@ -142,6 +143,17 @@ impl<S: KeyStore> VaultBuilder<S> {
         self
     }
 
+    /// Opt-in: serve the platform's keys ([`Owner::platform`](crate::Owner::platform))
+    /// to [`Vault::keys_for_member`] and the layer for providers that neither the user nor
+    /// the team has a key for. Off by default: then a missing key stays missing (and the
+    /// layer's required providers answer `428`). Served platform keys say
+    /// [`KeySource::Platform`](crate::KeySource::Platform), so the application can meter
+    /// them.
+    pub fn platform_fallback(mut self, on: bool) -> Self {
+        self.platform_fallback = on;
+        self
+    }
+
     /// Opt-in: while the database fails or times out, serve a user's already-cached keys
     /// past the [`cache_ttl`](Self::cache_ttl), for at most `bound` more. Off by default:
     /// a failed load answers `503`.
@@ -188,6 +200,7 @@ impl<S: KeyStore> VaultBuilder<S> {
                 secret,
                 cache,
                 max_providers: self.max_providers,
+                platform_fallback: self.platform_fallback,
                 feed,
             }),
             actor: DEFAULT_ACTOR.into(),

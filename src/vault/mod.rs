@@ -18,16 +18,18 @@ use crate::crypto::VaultSecret;
 use crate::error::{Error, ErrorKind, Result};
 use crate::feed::{Feed, FeedConfig, FeedStatus};
 use crate::keyring::Keyring;
-use crate::store::{DynAudit, DynExpiry, DynKeyStore, DynRotation, KeyStore};
+use crate::store::{DynAudit, DynExpiry, DynKeyStore, DynOwner, DynRotation, KeyStore};
 pub(crate) use crate::time::{from_unix_ms, unix_ms};
 
 mod builder;
 mod open;
+mod owners;
 mod read;
 mod rotation;
 mod write;
 
 pub use self::builder::VaultBuilder;
+pub use self::owners::{Owner, TeamPolicy};
 pub use self::rotation::{MasterKeyUsage, Progress, RewrapReport, RowFailure, VerifyReport};
 
 /// Rows per page for the operations that walk the whole table.
@@ -99,6 +101,8 @@ pub(crate) struct Inner {
     pub(crate) cache: Arc<KeyCache>,
     /// The cap on one user's providers, passed to each [`KeyStore::upsert`].
     pub(crate) max_providers: u32,
+    /// Whether [`Vault::keys_for_member`] falls back to the platform's keys.
+    pub(crate) platform_fallback: bool,
     /// Follows writes made elsewhere; stops when the vault is dropped.
     pub(crate) feed: Feed,
 }
@@ -124,6 +128,12 @@ impl Inner {
     /// [`ErrorKind::Unsupported`].
     pub(crate) fn audit(&self) -> Result<&dyn DynAudit> {
         self.store.audit().ok_or_else(|| unsupported("AuditStore"))
+    }
+
+    /// The store's [`OwnerStore`](crate::store::OwnerStore) capability, or
+    /// [`ErrorKind::Unsupported`].
+    pub(crate) fn owners(&self) -> Result<&dyn DynOwner> {
+        self.store.owners().ok_or_else(|| unsupported("OwnerStore"))
     }
 }
 
@@ -169,6 +179,7 @@ impl Vault {
             max_providers: DEFAULT_MAX_PROVIDERS_PER_USER,
             feed: FeedConfig::default(),
             stale_if_error: None,
+            platform_fallback: false,
         }
     }
 

@@ -9,20 +9,29 @@ use super::{from_unix_ms, Inner};
 use crate::crypto::UserCipher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{KeySource, ProviderKey};
+use crate::owner::OwnerKind;
 use crate::store::StoredKey;
 
-/// Opens rows of one user, deriving the user's cipher once per master key.
+/// Opens rows of one owner, deriving the owner's cipher once per master key.
 pub(super) struct Opener<'a> {
     inner: &'a Inner,
+    kind: OwnerKind,
     user_id: &'a str,
     ciphers: HashMap<&'a str, UserCipher<'a>>,
 }
 
 impl<'a> Opener<'a> {
+    /// Opens a user's rows.
     pub(super) fn new(inner: &'a Inner, user_id: &'a str) -> Self {
+        Self::for_owner(inner, OwnerKind::User, user_id)
+    }
+
+    /// Opens the rows of an owner of any kind: its keys say where they came from.
+    pub(super) fn for_owner(inner: &'a Inner, kind: OwnerKind, owner_id: &'a str) -> Self {
         Self {
             inner,
-            user_id,
+            kind,
+            user_id: owner_id,
             ciphers: HashMap::new(),
         }
     }
@@ -37,7 +46,11 @@ impl<'a> Opener<'a> {
         Ok(Some(ProviderKey::new(
             row.provider.as_str(),
             secret,
-            KeySource::Database,
+            match self.kind {
+                OwnerKind::User => KeySource::Database,
+                OwnerKind::Team => KeySource::Team,
+                OwnerKind::Platform => KeySource::Platform,
+            },
             expires_at,
         )))
     }
@@ -50,14 +63,15 @@ impl<'a> Opener<'a> {
             tracing::error!(key_id = %row.key_id, provider = %row.provider, "a stored key names a master key the keyring does not hold");
             return Err(Error::new(ErrorKind::UnknownMasterKey));
         };
-        let user_id = self.user_id;
+        let (kind, user_id) = (self.kind, self.user_id);
         let cipher = self
             .ciphers
             .entry(master.id())
-            .or_insert_with(|| UserCipher::new(master, user_id));
+            .or_insert_with(|| UserCipher::for_owner(master, kind, user_id));
         cipher.open_text(user_id, &row.provider, &row.sealed).inspect_err(|_| {
             tracing::error!(
-                user_ref = %self.inner.secret.user_ref(user_id),
+                owner = kind.as_str(),
+                user_ref = %self.inner.secret.owner_ref(kind, user_id),
                 provider = %row.provider,
                 key_id = %row.key_id,
                 "a stored key failed to decrypt: tampered with, moved, or sealed under another key"

@@ -9,6 +9,7 @@ use super::open::Opener;
 use super::{unix_ms, Vault, PAGE};
 use crate::crypto::UserCipher;
 use crate::error::{Error, ErrorKind, Result};
+use crate::owner::OwnerKind;
 use crate::store::StoredKey;
 
 /// How far a long operation has got: rows handled so far, of about how many.
@@ -95,27 +96,60 @@ struct Pager<'v> {
     after: Option<(String, String)>,
     page: u32,
     not_under: Option<&'v str>,
+    /// The kinds of owner still to walk, the current one first: users, then (on a
+    /// store that has them) teams and the platform.
+    kinds: Vec<OwnerKind>,
 }
 
 impl<'v> Pager<'v> {
     fn new(vault: &'v Vault, page: u32, not_under: Option<&'v str>) -> Self {
+        let mut kinds = vec![OwnerKind::User];
+        if vault.inner.store.owners().is_some() {
+            kinds.extend([OwnerKind::Team, OwnerKind::Platform]);
+        }
         Self {
             vault,
             after: None,
             page: page.max(1),
             not_under,
+            kinds,
         }
     }
 
-    /// The next page, empty at the end.
+    /// The kind of owner the rows of the last page belong to.
+    fn kind(&self) -> OwnerKind {
+        self.kinds.first().copied().unwrap_or(OwnerKind::User)
+    }
+
+    /// The next page, all of one kind of owner ([`kind`](Self::kind)); empty at the end.
     async fn next(&mut self) -> Result<Vec<StoredKey>> {
+        loop {
+            let page = self.next_of_kind().await?;
+            if !page.is_empty() || self.kinds.len() <= 1 {
+                return Ok(page);
+            }
+            self.kinds.remove(0);
+            self.after = None;
+        }
+    }
+
+    async fn next_of_kind(&mut self) -> Result<Vec<StoredKey>> {
         let cursor = self.after.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-        let page = self
-            .vault
-            .inner
-            .rotation()?
-            .keys_page(cursor, self.page, self.not_under)
-            .await?;
+        let inner = &self.vault.inner;
+        let page = match self.kind() {
+            OwnerKind::User => {
+                inner
+                    .rotation()?
+                    .keys_page(cursor, self.page, self.not_under)
+                    .await?
+            }
+            kind => {
+                inner
+                    .owners()?
+                    .owner_keys_page(kind, cursor, self.page, self.not_under)
+                    .await?
+            }
+        };
         if let Some(last) = page.last() {
             self.after = Some((last.user_id.clone(), last.provider.clone()));
         }
@@ -197,29 +231,40 @@ impl Vault {
             if page.is_empty() {
                 break;
             }
+            let kind = pages.kind();
             for row in &page {
                 done += 1;
-                let secret = match self.open_row(row) {
+                let secret = match self.open_row(kind, row) {
                     Ok(secret) => secret,
                     Err(failure) => {
                         report.failed.push(failure);
                         continue;
                     }
                 };
-                let sealed = UserCipher::new(active, &row.user_id).seal(
+                let sealed = UserCipher::for_owner(active, kind, &row.user_id).seal(
                     &row.user_id,
                     &row.provider,
                     secret.as_bytes(),
                 );
-                let audit = self.audit(&row.user_id, unix_ms(SystemTime::now()));
+                let audit = self.owner_audit(kind, &row.user_id, unix_ms(SystemTime::now()));
                 let (row, key_id) = (row.clone(), active.id().to_owned());
                 // The plaintext is unchanged, so no cache entry needs forgetting.
                 let resealed = self
                     .detached_write(None, move |inner| async move {
-                        inner
-                            .rotation()?
-                            .reseal(&row, &key_id, &sealed, &audit)
-                            .await
+                        match kind {
+                            OwnerKind::User => {
+                                inner
+                                    .rotation()?
+                                    .reseal(&row, &key_id, &sealed, &audit)
+                                    .await
+                            }
+                            kind => {
+                                inner
+                                    .owners()?
+                                    .reseal_owner(kind, &row, &key_id, &sealed, &audit)
+                                    .await
+                            }
+                        }
                     })
                     .await?;
                 if resealed {
@@ -263,8 +308,9 @@ impl Vault {
             if page.is_empty() {
                 break;
             }
+            let kind = pages.kind();
             for row in &page {
-                match self.open_row(row) {
+                match self.open_row(kind, row) {
                     Ok(_) => report.opened += 1,
                     Err(failure) => report.failed.push(failure),
                 }
@@ -275,12 +321,16 @@ impl Vault {
         Ok(report)
     }
 
-    /// Opens one row of any user, with the opener requests use.
-    fn open_row(&self, row: &StoredKey) -> std::result::Result<Zeroizing<String>, RowFailure> {
-        Opener::new(&self.inner, &row.user_id)
+    /// Opens one row of any owner, with the opener requests use.
+    fn open_row(
+        &self,
+        kind: OwnerKind,
+        row: &StoredKey,
+    ) -> std::result::Result<Zeroizing<String>, RowFailure> {
+        Opener::for_owner(&self.inner, kind, &row.user_id)
             .open_secret(row)
             .map_err(|e| RowFailure {
-                user_ref: self.user_ref(&row.user_id),
+                user_ref: self.inner.secret.owner_ref(kind, &row.user_id),
                 provider: row.provider.clone(),
                 master_key_id: row.key_id.clone(),
                 kind: e.kind(),

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{unix_ms, Inner, Vault, PAGE};
+use super::{unix_ms, Inner, Owner, Vault, PAGE};
 use crate::audit::{AuditAction, AuditRecord};
 use crate::crypto::UserCipher;
 use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::{self, Scope, Source};
+use crate::owner::OwnerKind;
 use crate::store::StoredKey;
 use crate::validate;
 
@@ -29,7 +30,8 @@ impl Vault {
     /// keys, and [`ErrorKind::Store`] when the database fails, in both cases with
     /// nothing written.
     pub async fn put(&self, user_id: &str, provider: &str, secret: &str) -> Result<AuditAction> {
-        self.write(user_id, provider, secret, None).await
+        self.write(Owner::user(user_id), provider, secret, None)
+            .await
     }
 
     /// Stores a key that stops being served at `expires_at`, e.g. a key pasted for one
@@ -45,7 +47,7 @@ impl Vault {
         secret: &str,
         expires_at: SystemTime,
     ) -> Result<AuditAction> {
-        self.write(user_id, provider, secret, Some(expires_at))
+        self.write(Owner::user(user_id), provider, secret, Some(expires_at))
             .await
     }
 
@@ -134,7 +136,7 @@ impl Vault {
         let user_ref = audit.user_ref.clone();
         let user = user_id.to_owned();
         let stored = self
-            .detached_write(Some(user_id), move |inner| async move {
+            .detached_write(Some(Owner::user(user_id)), move |inner| async move {
                 let max = inner.max_providers;
                 let before = inner.store.fetch_user(&user).await?;
                 let new = rows
@@ -177,14 +179,19 @@ impl Vault {
         Ok(stored)
     }
 
-    async fn write(
+    /// Stores a key of any owner: [`put`](Self::put) for a user,
+    /// [`put_for`](Self::put_for) for a team or the platform.
+    pub(super) async fn write(
         &self,
-        user_id: &str,
+        owner: Owner<'_>,
         provider: &str,
         secret: &str,
         expires_at: Option<SystemTime>,
     ) -> Result<AuditAction> {
-        let user_id = validate::user_id(user_id)?;
+        let (kind, user_id) = owner.validated()?;
+        if kind != OwnerKind::User {
+            self.inner.owners()?;
+        }
         let provider = validate::provider(provider)?;
         validate::secret(secret)?;
         if let Some(check) = self.inner.checks.get(provider.as_ref()) {
@@ -195,7 +202,7 @@ impl Vault {
                 Error::new(ErrorKind::KeyRejected).with_detail(format!("{provider}: {reason}"))
             })?;
         }
-        let cipher = UserCipher::new(self.inner.keyring.active(), user_id);
+        let cipher = UserCipher::for_owner(self.inner.keyring.active(), kind, user_id);
         let now = unix_ms(SystemTime::now());
         let row = StoredKey {
             user_id: user_id.to_owned(),
@@ -208,12 +215,15 @@ impl Vault {
             updated_at: now,
             expires_at: expires_at.map(unix_ms),
         };
-        let audit = self.audit(user_id, now);
+        let audit = self.owner_audit(kind, user_id, now);
         let user_ref = audit.user_ref.clone();
         let action = self
-            .detached_write(Some(user_id), move |inner| async move {
+            .detached_write(Some(Owner { kind, id: user_id }), move |inner| async move {
                 let max = inner.max_providers;
-                inner.store.upsert(&row, &audit, max).await
+                match kind {
+                    OwnerKind::User => inner.store.upsert(&row, &audit, max).await,
+                    kind => inner.owners()?.upsert_owner(kind, &row, &audit, max).await,
+                }
             })
             .await
             .map_err(|e| match e.kind() {
@@ -222,11 +232,11 @@ impl Vault {
                 ),
                 _ => e,
             })?;
-        tracing::debug!(user_ref = %user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
+        tracing::debug!(owner = kind.as_str(), user_ref = %user_ref, provider = %provider, action = action.as_str(), "stored a provider key");
         Ok(action)
     }
 
-    /// Runs a write to its end in a task of its own, then forgets `user_id`'s cached
+    /// Runs a write to its end in a task of its own, then forgets `owner`'s cached
     /// keys, whatever the outcome.
     ///
     /// A request whose client disconnects is dropped at its next `.await`; a write
@@ -236,7 +246,7 @@ impl Vault {
     /// commits or rolls back, and the invalidation comes after it, even if no one waits.
     pub(crate) async fn detached_write<T, F, Fut>(
         &self,
-        user_id: Option<&str>,
+        owner: Option<Owner<'_>>,
         write: F,
     ) -> Result<T>
     where
@@ -245,12 +255,12 @@ impl Vault {
         Fut: std::future::Future<Output = Result<T>> + Send + 'static,
     {
         let inner = self.inner.clone();
-        let user = user_id.map(str::to_owned);
+        let owner = owner.map(|o| (o.kind, o.id.to_owned()));
         let write = write(self.inner.clone());
         tokio::spawn(async move {
             let result = write.await;
-            if let Some(user) = user {
-                inner.cache.invalidate(&user);
+            if let Some((kind, id)) = owner {
+                inner.forget(kind, &id);
                 metrics::invalidated(Source::Local, Scope::User);
             }
             result
@@ -264,9 +274,14 @@ impl Vault {
     }
 
     pub(crate) fn audit(&self, user_id: &str, at: i64) -> AuditRecord {
+        self.owner_audit(OwnerKind::User, user_id, at)
+    }
+
+    /// An audit record naming an owner of any kind by its keyed reference.
+    pub(crate) fn owner_audit(&self, kind: OwnerKind, owner_id: &str, at: i64) -> AuditRecord {
         AuditRecord {
             at,
-            user_ref: self.inner.secret.user_ref(user_id),
+            user_ref: self.inner.secret.owner_ref(kind, owner_id),
             provider: String::new(),
             action: AuditAction::Put,
             actor: self.actor.to_string(),
@@ -299,7 +314,7 @@ impl Vault {
         let user_ref = audit.user_ref.clone();
         let (user, provider) = (user_id.to_owned(), provider.map(str::to_owned));
         let deleted = self
-            .detached_write(Some(user_id), move |inner| async move {
+            .detached_write(Some(Owner::user(user_id)), move |inner| async move {
                 inner.store.delete(&user, provider.as_deref(), &audit).await
             })
             .await?;
@@ -328,7 +343,7 @@ impl Vault {
         self.inner.expiry()?;
         let audit = self.audit(user_id, unix_ms(SystemTime::now()));
         let (user, provider) = (user_id.to_owned(), provider.into_owned());
-        self.detached_write(Some(user_id), move |inner| async move {
+        self.detached_write(Some(Owner::user(user_id)), move |inner| async move {
             inner
                 .expiry()?
                 .set_expiry(&user, &provider, expires_at.map(unix_ms), &audit)
@@ -360,7 +375,7 @@ impl Vault {
                 let audit = self.audit(user_id, now);
                 let (user, provider) = (user_id.clone(), provider.clone());
                 let deleted = self
-                    .detached_write(Some(user_id), move |inner| async move {
+                    .detached_write(Some(Owner::user(user_id)), move |inner| async move {
                         inner
                             .expiry()?
                             .delete_expired(&user, &provider, now, &audit)

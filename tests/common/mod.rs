@@ -214,6 +214,34 @@ impl TestDb {
         }
     }
 
+    /// Opens a vault that follows the change feed every `poll` and serves the platform's
+    /// keys when `platform` says so, with a cache TTL of an hour.
+    pub async fn open_teams(&self, keyring: Keyring, platform: bool, poll: Duration) -> Vault {
+        match self.backend {
+            Backend::Sqlite => {
+                let store = SqliteStore::open(&self.sqlite_path).await.unwrap();
+                Vault::builder(store, keyring)
+                    .cache_ttl(Duration::from_secs(3600))
+                    .poll_interval(poll)
+                    .platform_fallback(platform)
+                    .open()
+                    .await
+                    .unwrap()
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let store = self.pg_store(8).await.unwrap();
+                Vault::builder(store, keyring)
+                    .cache_ttl(Duration::from_secs(3600))
+                    .poll_interval(poll)
+                    .platform_fallback(platform)
+                    .open()
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
     /// Opens a vault whose builder `configure` may add checks to.
     pub async fn open_checked(
         &self,
@@ -558,6 +586,8 @@ pub struct Probe {
     loads: Arc<std::sync::atomic::AtomicUsize>,
     loads_read: Arc<std::sync::atomic::AtomicUsize>,
     hold: Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
+    owner_loads: Arc<std::sync::atomic::AtomicUsize>,
+    hold_owner: Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
 }
 
 impl Probe {
@@ -569,6 +599,19 @@ impl Probe {
     /// How many user loads have read their rows (a held one counts once it has read).
     pub fn loads_read(&self) -> usize {
         self.loads_read.load(Ordering::SeqCst)
+    }
+
+    /// How many team or platform loads (`fetch_owner`) reached the database.
+    pub fn owner_loads(&self) -> usize {
+        self.owner_loads.load(Ordering::SeqCst)
+    }
+
+    /// Makes the next team or platform load wait, after reading its rows, until the
+    /// sender is used.
+    pub fn hold_next_owner_load(&self) -> tokio::sync::oneshot::Sender<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.hold_owner.lock().unwrap() = Some(rx);
+        tx
     }
 
     /// Makes the next load wait, after reading its rows, until the sender is used.
@@ -645,6 +688,100 @@ impl<S: KeyStore> KeyStore for Probed<S> {
     }
     fn audit(&self) -> Option<&impl AuditStore> {
         self.inner.audit()
+    }
+    fn owners(&self) -> Option<&impl tower_byok::store::OwnerStore> {
+        self.inner.owners().map(|_| self)
+    }
+}
+
+/// Forwards to the real store's owners, counting (and maybe holding) `fetch_owner` as
+/// `fetch_user` is.
+impl<S: KeyStore> tower_byok::store::OwnerStore for Probed<S> {
+    async fn fetch_owner(
+        &self,
+        kind: tower_byok::OwnerKind,
+        owner_id: &str,
+    ) -> Result<Vec<StoredKey>> {
+        self.probe.owner_loads.fetch_add(1, Ordering::SeqCst);
+        let rows = self
+            .inner
+            .owners()
+            .unwrap()
+            .fetch_owner(kind, owner_id)
+            .await;
+        let hold = self.probe.hold_owner.lock().unwrap().take();
+        if let Some(hold) = hold {
+            let _ = hold.await;
+        }
+        rows
+    }
+    async fn upsert_owner(
+        &self,
+        kind: tower_byok::OwnerKind,
+        row: &StoredKey,
+        audit: &AuditRecord,
+        max_providers: u32,
+    ) -> Result<AuditAction> {
+        let owners = self.inner.owners().unwrap();
+        owners.upsert_owner(kind, row, audit, max_providers).await
+    }
+    async fn delete_owner(
+        &self,
+        kind: tower_byok::OwnerKind,
+        owner_id: &str,
+        provider: Option<&str>,
+        audit: &AuditRecord,
+    ) -> Result<Vec<String>> {
+        let owners = self.inner.owners().unwrap();
+        owners.delete_owner(kind, owner_id, provider, audit).await
+    }
+    async fn set_owner_expiry(
+        &self,
+        kind: tower_byok::OwnerKind,
+        owner_id: &str,
+        provider: &str,
+        expires_at: Option<i64>,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let owners = self.inner.owners().unwrap();
+        owners
+            .set_owner_expiry(kind, owner_id, provider, expires_at, audit)
+            .await
+    }
+    async fn team_policy(&self, team_id: &str) -> Result<Option<bool>> {
+        self.inner.owners().unwrap().team_policy(team_id).await
+    }
+    async fn set_team_policy(
+        &self,
+        team_id: &str,
+        members_keys: bool,
+        audit: &AuditRecord,
+    ) -> Result<()> {
+        let owners = self.inner.owners().unwrap();
+        owners.set_team_policy(team_id, members_keys, audit).await
+    }
+    async fn owner_keys_page(
+        &self,
+        kind: tower_byok::OwnerKind,
+        after: Option<(&str, &str)>,
+        limit: u32,
+        exclude_key_id: Option<&str>,
+    ) -> Result<Vec<StoredKey>> {
+        let owners = self.inner.owners().unwrap();
+        owners
+            .owner_keys_page(kind, after, limit, exclude_key_id)
+            .await
+    }
+    async fn reseal_owner(
+        &self,
+        kind: tower_byok::OwnerKind,
+        old: &StoredKey,
+        key_id: &str,
+        sealed: &[u8],
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let owners = self.inner.owners().unwrap();
+        owners.reseal_owner(kind, old, key_id, sealed, audit).await
     }
 }
 
