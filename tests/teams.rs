@@ -568,3 +568,13 @@ per_backend!(
     a_user_named_like_a_team_sees_nothing_of_it,
     a_team_key_revoked_elsewhere_stops_for_every_member,
 );
+
+// The same through PgBouncer, in transaction and in session mode.
+crate::behind_poolers!(
+    rotation_covers_teams_and_the_platform,
+    a_team_change_reaches_members_without_reloading_them,
+    chain_falls_through_in_order,
+    fail_closed,
+    a_user_named_like_a_team_sees_nothing_of_it,
+    a_team_key_revoked_elsewhere_stops_for_every_member,
+);
