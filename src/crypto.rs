@@ -36,7 +36,7 @@ fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 fn hkdf_32(ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
-    let mut encoded = Vec::new();
+    let mut encoded = Vec::with_capacity(info.iter().map(|field| 4 + field.len()).sum());
     for field in info {
         push_lp(&mut encoded, field);
     }

@@ -143,7 +143,7 @@
 //! | `src/vault/read.rs` | the user's keys through the cache, or a direct read |
 //! | `src/cache/` | the per-user moka cache: single-flight loads, invalidation, TTL, stale-if-error |
 //! | `src/feed/` | hearing of writes made elsewhere: the change feed each vault follows, by polling and (PostgreSQL) `LISTEN`, to invalidate the cache |
-//! | `src/store/key_store.rs` | the core [`store::KeyStore`] trait: `fetch_user` is the one query a cache miss makes |
+//! | `src/store/key_store.rs` | the core [`store::KeyStore`] trait: `fetch_user_sealed` (`fetch_user` narrowed to what serving needs) is the one query a cache miss makes |
 //! | `src/store/queries.rs` | that query and every other, in plain SQL, once for both backends; `src/store/sqlite.rs` and `src/store/postgres.rs` connect and open the transactions |
 //! | `src/vault/open.rs`, `src/crypto.rs` | decrypting a row: the per-user key, XChaCha20-Poly1305 |
 //! | `src/keys.rs` | what handlers get: [`UserKeys`], [`ProviderKey`] |

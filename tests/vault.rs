@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use common::{keyring, master, Backend, TestDb};
-use tower_byok::{AuditAction, ErrorKind, Keyring, UserKeys, Vault};
+use tower_byok::store::{KeyStore, SealedKey};
+use tower_byok::{AuditAction, ErrorKind, Keyring, Owner, UserKeys, Vault};
 
 per_backend!(
     users_see_only_their_own_keys_across_a_redeploy,
@@ -30,6 +31,7 @@ per_backend!(
     abandoned_writes_neither_wedge_the_store_nor_stale_the_cache,
     concurrent_cold_misses_make_one_load_every_time,
     concurrent_puts_at_the_provider_cap_never_overshoot,
+    the_miss_read_is_fetch_user_narrowed,
 );
 
 // The same tests through PgBouncer, in transaction and in session mode.
@@ -44,7 +46,62 @@ crate::behind_poolers!(
     instances_opening_a_new_database_together_agree,
     concurrent_cold_misses_make_one_load_every_time,
     concurrent_puts_at_the_provider_cap_never_overshoot,
+    the_miss_read_is_fetch_user_narrowed,
 );
+
+/// The narrower read a cache miss makes (`KeyStore::fetch_user_sealed`, overridden by
+/// the built-in stores) returns exactly `fetch_user`'s rows, in its order, narrowed to
+/// the columns serving needs: the user's own keys, expiring ones with their expiry, and
+/// neither a team's keys under the same id nor another user's.
+async fn the_miss_read_is_fetch_user_narrowed(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open(keyring()).await.unwrap();
+    let expires = SystemTime::now() + Duration::from_secs(3600);
+    vault
+        .put("shared", "openai", "sk-own-0123456789")
+        .await
+        .unwrap();
+    vault
+        .put_expiring("shared", "anthropic", "sk-ant-own-0123456789", expires)
+        .await
+        .unwrap();
+    vault
+        .put_for(Owner::team("shared"), "gemini", "AIza-team-0123456789")
+        .await
+        .unwrap();
+    vault
+        .put("other", "mistral", "mistral-other-0123456789")
+        .await
+        .unwrap();
+    match backend {
+        Backend::Sqlite => {
+            let store = tower_byok::SqliteStore::open(db.sqlite_path())
+                .await
+                .unwrap();
+            narrowed_is_full_read(&store).await;
+        }
+        #[cfg(feature = "postgres")]
+        Backend::Postgres => narrowed_is_full_read(&db.pg_store(2).await.unwrap()).await,
+    }
+    // And the vault serves what the narrow read returned.
+    let keys = vault.keys_for("shared").await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.get("anthropic").unwrap().expires_at().is_some());
+}
+
+async fn narrowed_is_full_read(store: &impl KeyStore) {
+    let full: Vec<SealedKey> = store
+        .fetch_user("shared")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(SealedKey::from)
+        .collect();
+    let narrow = store.fetch_user_sealed("shared").await.unwrap();
+    assert_eq!(full.len(), 2, "the user's two keys, no team's: {full:?}");
+    assert_eq!(narrow, full);
+    assert!(narrow.iter().any(|k| k.expires_at.is_some()));
+}
 
 /// A user one below the cap puts two new providers at once, many times over: exactly one
 /// of each pair is stored, the other is refused and leaves nothing behind. On PostgreSQL

@@ -103,7 +103,9 @@ struct Flight {
 }
 
 struct Shared {
-    flights: HashMap<Arc<str>, Arc<Flight>>,
+    /// Hashed like moka's entries and the stripes (foldhash): SipHash cost a miss ~1,400
+    /// instructions (BENCHMARKS.md §2). Only ids under load are here, a handful at once.
+    flights: HashMap<Arc<str>, Arc<Flight>, Hasher>,
     generations: [u64; STRIPES],
 }
 
@@ -155,7 +157,7 @@ impl KeyCache {
         Self {
             entries,
             shared: Mutex::new(Shared {
-                flights: HashMap::new(),
+                flights: HashMap::with_hasher(hasher.clone()),
                 generations: [0; STRIPES],
             }),
             hasher,

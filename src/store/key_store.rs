@@ -6,7 +6,7 @@ use super::capability::{
     AuditStore, DynAudit, DynExpiry, DynOwner, DynRotation, ExpiryStore, Never, OwnerStore,
     RotationStore,
 };
-use super::{BoxFuture, StoredKey};
+use super::{BoxFuture, SealedKey, StoredKey};
 use crate::audit::{AuditAction, AuditRecord};
 use crate::error::Result;
 
@@ -41,6 +41,20 @@ pub trait KeyStore: Send + Sync + 'static {
     ///
     /// The order may be the store's collation: the vault re-sorts by bytes.
     fn fetch_user(&self, user_id: &str) -> impl Future<Output = Result<Vec<StoredKey>>> + Send;
+
+    /// [`fetch_user`](Self::fetch_user) narrowed to what serving needs: the same rows,
+    /// in the same order, with only the columns of [`SealedKey`]. What a cache miss
+    /// reads; the vault's listings and writes read [`fetch_user`](Self::fetch_user).
+    ///
+    /// The default calls [`fetch_user`](Self::fetch_user) and drops the other fields; a
+    /// store that can select fewer columns overrides it (the built-in stores do).
+    fn fetch_user_sealed(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<SealedKey>>> + Send {
+        let rows = self.fetch_user(user_id);
+        async move { Ok(rows.await?.into_iter().map(SealedKey::from).collect()) }
+    }
 
     /// One row, expired or not.
     fn fetch_key(
@@ -125,6 +139,7 @@ pub trait KeyStore: Send + Sync + 'static {
 /// that waits on a database.
 pub(crate) trait DynKeyStore: Send + Sync + 'static {
     fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
+    fn fetch_user_sealed<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<SealedKey>>>;
     fn fetch_key<'a>(
         &'a self,
         user: &'a str,
@@ -152,6 +167,9 @@ pub(crate) trait DynKeyStore: Send + Sync + 'static {
 impl<S: KeyStore> DynKeyStore for S {
     fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>> {
         Box::pin(KeyStore::fetch_user(self, user_id))
+    }
+    fn fetch_user_sealed<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<SealedKey>>> {
+        Box::pin(KeyStore::fetch_user_sealed(self, user_id))
     }
     fn fetch_key<'a>(
         &'a self,

@@ -160,6 +160,43 @@ impl fmt::Debug for StoredKey {
     }
 }
 
+/// What serving a key needs of a stored row: the narrower read of a cache miss
+/// ([`KeyStore::fetch_user_sealed`]). Times are Unix milliseconds.
+///
+/// `Debug` leaves out the sealed bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    /// The normalized provider name.
+    pub provider: String,
+    /// The id of the master key the blob is sealed under.
+    pub key_id: String,
+    /// `version || nonce || ciphertext || tag`, as in [`StoredKey::sealed`].
+    pub sealed: Vec<u8>,
+    /// When the key stops being served, if ever.
+    pub expires_at: Option<i64>,
+}
+
+impl From<StoredKey> for SealedKey {
+    fn from(row: StoredKey) -> Self {
+        Self {
+            provider: row.provider,
+            key_id: row.key_id,
+            sealed: row.sealed,
+            expires_at: row.expires_at,
+        }
+    }
+}
+
+impl fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedKey")
+            .field("provider", &self.provider)
+            .field("key_id", &self.key_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Which audit records to read: all conditions given must hold. Times are Unix
 /// milliseconds, `since` inclusive, `until` exclusive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::owner::OwnerKind;
 use crate::store::migrate::SchemaTx;
 use crate::store::{
-    AuditQuery, AuditStore, ExpiryStore, KeyStore, OwnerStore, RotationStore, StoredKey,
+    AuditQuery, AuditStore, ExpiryStore, KeyStore, OwnerStore, RotationStore, SealedKey, StoredKey,
 };
 
 // `OwnerStore` is implemented in `owner_queries.rs`, beside this file, on the same types.
@@ -47,6 +47,29 @@ impl KeyStore for Store {
 
     async fn fetch_user(&self, user_id: &str) -> Result<Vec<StoredKey>> {
         self.owner_rows(OwnerKind::User, user_id).await
+    }
+
+    async fn fetch_user_sealed(&self, user_id: &str) -> Result<Vec<SealedKey>> {
+        let mut session = self.session().await?;
+        let rows: Vec<(String, String, Vec<u8>, Option<i64>)> = sqlx::query_as(concat!(
+            "SELECT provider, key_id, sealed, expires_at ",
+            "FROM byok_keys WHERE user_id = $1 AND owner_kind = 'user' ORDER BY provider"
+        ))
+        .persistent(self.prepared())
+        .bind(user_id)
+        .fetch_all(session.conn())
+        .await
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(provider, key_id, sealed, expires_at)| SealedKey {
+                provider,
+                key_id,
+                sealed,
+                expires_at,
+            })
+            .collect())
     }
 
     async fn fetch_key(&self, user_id: &str, provider: &str) -> Result<Option<StoredKey>> {

@@ -45,7 +45,9 @@ impl Vault {
     }
 
     async fn load(&self, user_id: &str) -> Result<UserKeys> {
-        let rows = self.inner.store.fetch_user(user_id).await?;
+        // Only the columns serving needs (issue 18: the other five were decoded and
+        // freed on every miss).
+        let rows = self.inner.store.fetch_user_sealed(user_id).await?;
         let now = SystemTime::now();
         let mut opener = Opener::new(&self.inner, user_id);
         let mut keys = Vec::with_capacity(rows.len());
