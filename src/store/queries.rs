@@ -352,24 +352,7 @@ impl RotationStore for Store {
     ) -> Result<Vec<StoredKey>> {
         // The first page starts after ("", ""), below every row (user ids are never
         // empty), so the condition is always a plain range the key's index serves.
-        let (after_user, after_provider) = after.unwrap_or(("", ""));
-        let mut session = self.session().await?;
-        let rows: Vec<KeyRow> = sqlx::query_as(concat!(
-            "SELECT user_id, provider, key_id, sealed, hint, fingerprint, created_at, updated_at, expires_at ",
-            "FROM byok_keys WHERE owner_kind = 'user' AND ($1 IS NULL OR key_id <> $1) ",
-            "AND (user_id, provider) > ($2, $3) ",
-            "ORDER BY user_id, provider LIMIT $4"
-        ))
-        .persistent(self.prepared())
-        .bind(exclude_key_id)
-        .bind(after_user)
-        .bind(after_provider)
-        .bind(i64::from(limit))
-        .fetch_all(session.conn())
-        .await
-        .map_err(store_error)?;
-        session.finish().await.map_err(store_error)?;
-        Ok(rows.into_iter().map(stored_key).collect())
+        OwnerStore::owner_keys_page(self, OwnerKind::User, after, limit, exclude_key_id).await
     }
 
     async fn reseal(
@@ -379,34 +362,7 @@ impl RotationStore for Store {
         sealed: &[u8],
         audit: &AuditRecord,
     ) -> Result<bool> {
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(concat!(
-            "UPDATE byok_keys SET key_id = $3, sealed = $4 ",
-            "WHERE user_id = $1 AND owner_kind = 'user' AND provider = $2 AND key_id = $5 AND sealed = $6"
-        ))
-        .persistent(self.prepared())
-        .bind(&old.user_id)
-        .bind(&old.provider)
-        .bind(key_id)
-        .bind(sealed)
-        .bind(&old.key_id)
-        .bind(&old.sealed)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        insert_audit(
-            &mut tx,
-            self.prepared(),
-            audit,
-            &old.provider,
-            AuditAction::Rewrap,
-        )
-        .await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
+        OwnerStore::reseal_owner(self, OwnerKind::User, old, key_id, sealed, audit).await
     }
 
     async fn remove_check_record(&self, key_id: &str) -> Result<bool> {
