@@ -66,6 +66,22 @@ pub enum ErrorKind {
     /// A team id is empty, longer than 255 bytes, holds a control character or starts
     /// or ends with whitespace (the rules of a user id).
     InvalidTeamId,
+    /// The key management service that unwraps the master keyring could not be reached:
+    /// a refused connection, a DNS or TLS failure, or no answer in time. Nothing fell
+    /// back to another keyring.
+    KmsUnreachable,
+    /// The key management service refused to unwrap (or wrap) with the named key: the
+    /// caller's credentials or the key's policy do not allow it.
+    KmsAccessDenied,
+    /// The key management service's key is disabled, pending deletion or gone.
+    KmsKeyDisabled,
+    /// A wrapped master key does not unwrap: its ciphertext was changed, truncated, moved
+    /// to another key id, or wrapped under another KMS key than the one named.
+    WrappedKeyCorrupt,
+    /// A keyring source failed otherwise: a command exited with an error or printed no
+    /// keyring, or a service answered with an error of another kind. The message names
+    /// the source, never its output.
+    KeyringSource,
 }
 
 impl ErrorKind {
@@ -89,6 +105,11 @@ impl ErrorKind {
             Self::Import => "legacy import error",
             Self::InvalidEnvFile => "malformed .env text",
             Self::InvalidTeamId => "invalid team id",
+            Self::KmsUnreachable => "the key management service could not be reached",
+            Self::KmsAccessDenied => "the key management service denied access",
+            Self::KmsKeyDisabled => "the key management service's key is disabled",
+            Self::WrappedKeyCorrupt => "a wrapped master key does not unwrap",
+            Self::KeyringSource => "the keyring source failed",
         }
     }
 }
@@ -154,6 +175,43 @@ impl Error {
     /// failed migration): kind [`ErrorKind::Migration`], with `source`.
     pub fn migration(source: impl Into<BoxError>) -> Self {
         Self::new(ErrorKind::Migration).with_source(source)
+    }
+
+    /// A failure of a [`KeyringSource`](crate::KeyringSource) or [`Kms`](crate::Kms)
+    /// written outside this crate, e.g. a GCP or Vault Transit client.
+    ///
+    /// `kind` says which failure it was: [`ErrorKind::KmsUnreachable`],
+    /// [`ErrorKind::KmsAccessDenied`], [`ErrorKind::KmsKeyDisabled`],
+    /// [`ErrorKind::WrappedKeyCorrupt`], [`ErrorKind::InvalidKeyring`],
+    /// [`ErrorKind::Timeout`] or [`ErrorKind::KeyringSource`]; any other kind is taken as
+    /// [`ErrorKind::KeyringSource`]. `detail` is shown in the message, so it must name
+    /// the source (a key's name, a program) and never hold key material or a credential;
+    /// `source` is kept for [`source`](StdError::source) and never shown.
+    ///
+    /// ```
+    /// use tower_byok::{Error, ErrorKind};
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// let err = Error::keyring_source(ErrorKind::KmsUnreachable, "transit key `byok`", io);
+    /// assert_eq!(err.kind(), ErrorKind::KmsUnreachable);
+    /// assert!(err.to_string().contains("transit key `byok`"));
+    /// ```
+    pub fn keyring_source(
+        kind: ErrorKind,
+        detail: impl Into<Cow<'static, str>>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        let kind = match kind {
+            ErrorKind::KmsUnreachable
+            | ErrorKind::KmsAccessDenied
+            | ErrorKind::KmsKeyDisabled
+            | ErrorKind::WrappedKeyCorrupt
+            | ErrorKind::InvalidKeyring
+            | ErrorKind::Timeout
+            | ErrorKind::KeyringSource => kind,
+            _ => ErrorKind::KeyringSource,
+        };
+        Self::new(kind).with_detail(detail).with_source(source)
     }
 
     /// What went wrong.

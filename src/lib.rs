@@ -234,7 +234,9 @@ pub use crate::error::{Error, ErrorKind, Result};
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::KeysRejection;
 pub use crate::feed::{FeedMode, FeedStatus, CHANGE_RETENTION};
-pub use crate::keyring::{Keyring, MasterKey, MASTER_KEY_LEN};
+pub use crate::keyring::{
+    BoxFuture, EnvKeyring, FileKeyring, Keyring, KeyringSource, Kms, MasterKey, MASTER_KEY_LEN,
+};
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 pub use crate::owner::OwnerKind;
 

@@ -260,5 +260,10 @@ fn kind_label(kind: ErrorKind) -> &'static str {
         ErrorKind::Import => "import",
         ErrorKind::InvalidEnvFile => "invalid_env_file",
         ErrorKind::InvalidTeamId => "invalid_team_id",
+        ErrorKind::KmsUnreachable => "kms_unreachable",
+        ErrorKind::KmsAccessDenied => "kms_access_denied",
+        ErrorKind::KmsKeyDisabled => "kms_key_disabled",
+        ErrorKind::WrappedKeyCorrupt => "wrapped_key_corrupt",
+        ErrorKind::KeyringSource => "keyring_source",
     }
 }

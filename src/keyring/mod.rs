@@ -1,4 +1,14 @@
-//! Master keys and the keyring that holds them.
+//! Master keys, the keyring that holds them, and where a keyring comes from.
+//!
+//! - `mod.rs`: [`MasterKey`], [`Keyring`] and the keyring text format;
+//! - `source.rs`: the [`KeyringSource`] seam and the plain sources (env, file);
+//! - `kms.rs`: the [`Kms`] seam, for wrapped keyrings.
+
+mod kms;
+mod source;
+
+pub use self::kms::Kms;
+pub use self::source::{BoxFuture, EnvKeyring, FileKeyring, KeyringSource};
 
 use std::fmt;
 use std::path::Path;
