@@ -201,6 +201,11 @@ impl VaultSecret {
         Zeroizing::new(<[u8; MASTER_KEY_LEN]>::generate())
     }
 
+    /// Whether `other` was derived from the same vault secret.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        *self.user_ref_key == *other.user_ref_key
+    }
+
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self> {
         if bytes.len() != MASTER_KEY_LEN {
             return Err(Error::new(ErrorKind::Decrypt));

@@ -235,7 +235,8 @@ pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::extract::KeysRejection;
 pub use crate::feed::{FeedMode, FeedStatus, CHANGE_RETENTION};
 pub use crate::keyring::{
-    BoxFuture, EnvKeyring, FileKeyring, Keyring, KeyringSource, Kms, MasterKey, MASTER_KEY_LEN,
+    BoxFuture, CommandKeyring, EnvKeyring, FileKeyring, Keyring, KeyringSource, Kms, MasterKey,
+    MASTER_KEY_LEN,
 };
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 pub use crate::owner::OwnerKind;
@@ -249,8 +250,8 @@ pub use crate::store::postgres::{PoolMode, PostgresStore};
 pub use crate::store::sqlite::SqliteStore;
 pub use crate::validate::{MAX_PROVIDER_LEN, MAX_SECRET_LEN, MAX_USER_ID_LEN};
 pub use crate::vault::{
-    MasterKeyUsage, Owner, Progress, RewrapReport, RowFailure, TeamPolicy, Vault, VaultBuilder,
-    VerifyReport, DEFAULT_ACTOR, DEFAULT_MAX_PROVIDERS_PER_USER,
+    KeyringStatus, MasterKeyUsage, Owner, Progress, RewrapReport, RowFailure, TeamPolicy, Vault,
+    VaultBuilder, VerifyReport, DEFAULT_ACTOR, DEFAULT_MAX_PROVIDERS_PER_USER,
 };
 
 /// Internals exposed for the crate's own benchmarks only: not a public API, no semver.

@@ -31,6 +31,7 @@ const LOAD_ERRORS: &str = "tower_byok_load_errors_total";
 const STALE: &str = "tower_byok_stale_served_total";
 const INVALIDATIONS: &str = "tower_byok_invalidations_total";
 const REJECTIONS: &str = "tower_byok_rejections_total";
+const KEYRING_REFRESHES: &str = "tower_byok_keyring_refreshes_total";
 
 /// Where an invalidation came from.
 #[derive(Clone, Copy)]
@@ -78,6 +79,11 @@ fn describe() {
             INVALIDATIONS,
             Unit::Count,
             "Cache invalidations, by source and scope."
+        );
+        describe_counter!(
+            KEYRING_REFRESHES,
+            Unit::Count,
+            "Keyring refreshes from the vault's keyring source, by result: ok or the error kind."
         );
         describe_counter!(
             REJECTIONS,
@@ -156,6 +162,17 @@ pub(crate) fn invalidated(source: Source, scope: Scope) {
             Scope::All => "all",
         };
         ::metrics::counter!(INVALIDATIONS, "source" => source, "scope" => scope).increment(1);
+    }
+}
+
+/// A refresh of the keyring from its source ended, with `error` if it failed.
+#[inline]
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn keyring_refreshed(error: Option<ErrorKind>) {
+    #[cfg(feature = "metrics")]
+    {
+        let result = error.map_or("ok", kind_label);
+        ::metrics::counter!(KEYRING_REFRESHES, "result" => result).increment(1);
     }
 }
 

@@ -21,7 +21,7 @@ use http::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use tower_byok::resolve::FromHeader;
-use tower_byok::{ByokLayer, SqliteStore, Vault};
+use tower_byok::{ByokLayer, FileKeyring, SqliteStore, Vault};
 
 /// One documented metric: its type, unit, and each label key with its allowed values.
 #[derive(Debug)]
@@ -239,6 +239,26 @@ async fn emitted_metrics_match_the_readme_table() {
     let local = [("source", "local"), ("scope", "user")];
     assert_eq!(all.count(invalidations, &local), 4);
     assert!(all.count(invalidations, &[("source", "feed"), ("scope", "user")]) >= 1);
+
+    // Keyring refreshes (a vault of its own, on a database of its own): one that
+    // succeeds, one that fails.
+    let other = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyring.txt");
+    std::fs::write(&path, keyring().expose_text().as_bytes()).unwrap();
+    let store = SqliteStore::open(other.sqlite_path()).await.unwrap();
+    let refreshed = Vault::builder_from(store, FileKeyring::new(&path))
+        .watch_changes(false)
+        .open()
+        .await
+        .unwrap();
+    refreshed.refresh_keyring().await.unwrap();
+    std::fs::write(&path, "not a keyring").unwrap();
+    refreshed.refresh_keyring().await.unwrap_err();
+    let refreshes = all.take(&snapshotter);
+    let name = "tower_byok_keyring_refreshes_total";
+    assert_eq!(refreshes.count(name, &[("result", "ok")]), 1);
+    assert_eq!(refreshes.count(name, &[("result", "invalid_keyring")]), 1);
 
     // The table and the emitted series agree both ways.
     let table = documented();

@@ -2,11 +2,14 @@
 //!
 //! - `mod.rs`: [`MasterKey`], [`Keyring`] and the keyring text format;
 //! - `source.rs`: the [`KeyringSource`] seam and the plain sources (env, file);
+//! - `command.rs`: [`CommandKeyring`], a keyring printed by a program;
 //! - `kms.rs`: the [`Kms`] seam, for wrapped keyrings.
 
+mod command;
 mod kms;
 mod source;
 
+pub use self::command::CommandKeyring;
 pub use self::kms::Kms;
 pub use self::source::{BoxFuture, EnvKeyring, FileKeyring, KeyringSource};
 
@@ -223,7 +226,7 @@ impl Keyring {
         Self::parse_from(&text, &origin)
     }
 
-    fn parse_from(text: &str, origin: &str) -> Result<Self> {
+    pub(crate) fn parse_from(text: &str, origin: &str) -> Result<Self> {
         let bad = |n: usize, why: &str| {
             Error::new(ErrorKind::InvalidKeyring).with_detail(format!("{origin}, entry {n}: {why}"))
         };

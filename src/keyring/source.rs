@@ -15,9 +15,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a vault's master keyring comes from.
 ///
-/// A vault opened with `Vault::builder_from` loads its
+/// A vault opened with [`Vault::builder_from`](crate::Vault::builder_from) loads its
 /// keyring from the source once at open, and again on each
-/// refresh (`Vault::refresh_keyring`) (for a master-key rotation without a
+/// [refresh](crate::Vault::refresh_keyring) (for a master-key rotation without a
 /// restart). Never per request: serving a request uses the keyring already loaded.
 ///
 /// The crate ships a source for each place a keyring is kept:
@@ -27,18 +27,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// | [`Keyring`] | itself: a keyring built or parsed before the vault opens |
 /// | [`EnvKeyring`] | an environment variable in the [text format](Keyring#text-format) |
 /// | [`FileKeyring`] | a file in the text format |
-/// | `CommandKeyring` | the standard output of a program (`sops -d`, `gcloud kms decrypt`, `vault kv get`), with a timeout |
+/// | [`CommandKeyring`](crate::CommandKeyring) | the standard output of a program (`sops -d`, `gcloud kms decrypt`, `vault kv get`), with a timeout |
 /// | `WrappedKeyring` | a wrapped keyring, unwrapped by a [`Kms`](crate::Kms) |
 ///
 /// Write one for anything else: `load` returns the keyring, or an [`Error`](crate::Error)
 /// made with [`Error::keyring_source`](crate::Error::keyring_source) that says what failed.
 /// A failed load at open keeps the vault closed; a failed refresh keeps the keys already
-/// loaded and is reported by `Vault::keyring_status`.
+/// loaded and is reported by [`Vault::keyring_status`](crate::Vault::keyring_status).
 pub trait KeyringSource: Send + Sync + 'static {
     /// Loads the whole keyring, the active key first.
     fn load(&self) -> BoxFuture<'_, Result<Keyring>>;
 
-    /// Names the source for messages and `KeyringStatus`: a
+    /// Names the source for messages and [`KeyringStatus`](crate::KeyringStatus): a
     /// variable, a file, a program or a KMS key. Never key material or a credential.
     fn describe(&self) -> Cow<'_, str>;
 }

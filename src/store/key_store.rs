@@ -137,6 +137,9 @@ pub trait KeyStore: Send + Sync + 'static {
 /// [`KeyStore`] made object safe, so that [`Vault`](crate::Vault) is one type whatever its
 /// backend: only what a vault calls once it is open. The box costs nanoseconds on a path
 /// that waits on a database.
+/// A check record: a master key id and the vault secret sealed under it.
+type CheckRecord = (String, Vec<u8>);
+
 pub(crate) trait DynKeyStore: Send + Sync + 'static {
     fn fetch_user<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<StoredKey>>>;
     fn fetch_user_sealed<'a>(&'a self, user_id: &'a str) -> BoxFuture<'a, Result<Vec<SealedKey>>>;
@@ -158,6 +161,13 @@ pub(crate) trait DynKeyStore: Send + Sync + 'static {
         audit: &'a AuditRecord,
     ) -> BoxFuture<'a, Result<Vec<String>>>;
     fn key_usage(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>>;
+    fn check_records(&self) -> BoxFuture<'_, Result<Vec<CheckRecord>>>;
+    fn add_check_records<'a>(
+        &'a self,
+        records: &'a [(&'a str, Vec<u8>)],
+        at: i64,
+        only_if_none: bool,
+    ) -> BoxFuture<'a, Result<usize>>;
     fn rotation(&self) -> Option<&dyn DynRotation>;
     fn expiry(&self) -> Option<&dyn DynExpiry>;
     fn audit(&self) -> Option<&dyn DynAudit>;
@@ -196,6 +206,17 @@ impl<S: KeyStore> DynKeyStore for S {
     }
     fn key_usage(&self) -> BoxFuture<'_, Result<Vec<(String, i64)>>> {
         Box::pin(KeyStore::key_usage(self))
+    }
+    fn check_records(&self) -> BoxFuture<'_, Result<Vec<CheckRecord>>> {
+        Box::pin(KeyStore::check_records(self))
+    }
+    fn add_check_records<'a>(
+        &'a self,
+        records: &'a [(&'a str, Vec<u8>)],
+        at: i64,
+        only_if_none: bool,
+    ) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(KeyStore::add_check_records(self, records, at, only_if_none))
     }
     fn rotation(&self) -> Option<&dyn DynRotation> {
         KeyStore::rotation(self).map(|s| s as &dyn DynRotation)

@@ -3,17 +3,17 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use zeroize::Zeroizing;
-
-use super::{unix_ms, Inner, Vault, DEFAULT_ACTOR};
+use super::keyring::{refuse_unreadable_rows, spawn_refresh, unlock, KeyringCell};
+use super::{Inner, Vault, DEFAULT_ACTOR};
 use crate::cache::KeyCache;
 use crate::check::KeyCheck;
-use crate::crypto::{UserCipher, VaultSecret, CHECK_RECORD_SCOPE};
-use crate::error::{Error, ErrorKind, Result};
+#[cfg(doc)]
+use crate::error::ErrorKind;
+use crate::error::Result;
 use crate::feed::{Feed, FeedConfig};
-use crate::keyring::Keyring;
+use crate::keyring::KeyringSource;
 use crate::store::KeyStore;
 use crate::validate;
 
@@ -22,7 +22,8 @@ use crate::validate;
 pub struct VaultBuilder<S> {
     pub(super) checks: HashMap<String, Box<dyn KeyCheck>>,
     pub(super) store: S,
-    pub(super) keyring: Keyring,
+    pub(super) source: Arc<dyn KeyringSource>,
+    pub(super) refresh_every: Option<Duration>,
     pub(super) cache_ttl: Duration,
     pub(super) cache_capacity: u64,
     pub(super) load_timeout: Duration,
@@ -171,7 +172,19 @@ impl<S: KeyStore> VaultBuilder<S> {
         self
     }
 
-    /// Runs the migrations, then proves the keyring can read the database.
+    /// Refreshes the keyring from its source every `every`, as
+    /// [`Vault::refresh_keyring`] does, for as long as the vault lives: a rotated
+    /// keyring (a new active key, a retired old one) is then in use within `every`,
+    /// without a restart. Off by default. A refresh that fails keeps the keyring in use
+    /// and is reported by [`Vault::keyring_status`], a warning and the metric
+    /// `tower_byok_keyring_refreshes_total`. Minimum 1 second.
+    pub fn refresh_keyring_every(mut self, every: Duration) -> Self {
+        self.refresh_every = Some(every.max(Duration::from_secs(1)));
+        self
+    }
+
+    /// Loads the keyring from its source, runs the migrations, then proves the keyring
+    /// can read the database.
     ///
     /// On first use it writes a check record: the vault's own random secret sealed under
     /// the active master key. Later opens must open it with some key of the keyring, and
@@ -179,12 +192,15 @@ impl<S: KeyStore> VaultBuilder<S> {
     ///
     /// # Errors
     ///
+    /// What the [`KeyringSource`] failed with (e.g. [`ErrorKind::KmsUnreachable`]): the
+    /// vault does not open, and nothing falls back to another keyring;
     /// [`ErrorKind::WrongMasterKey`] when the keyring cannot read the database;
     /// [`ErrorKind::Migration`] or [`ErrorKind::Store`] when the database fails.
     pub async fn open(self) -> Result<Vault> {
+        let keyring = self.source.load().await?;
         self.store.migrate().await?;
-        let secret = unlock(&self.store, &self.keyring).await?;
-        refuse_unreadable_rows(&self.store, &self.keyring).await?;
+        let secret = unlock(&self.store, &keyring).await?;
+        refuse_unreadable_rows(&self.store, &keyring).await?;
         let cache = Arc::new(KeyCache::new(
             self.cache_ttl,
             self.cache_capacity,
@@ -192,17 +208,21 @@ impl<S: KeyStore> VaultBuilder<S> {
             self.stale_if_error,
         ));
         let feed = start_feed(&self.store, &cache, self.feed).await?;
+        let inner = Arc::new(Inner {
+            checks: self.checks,
+            store: Box::new(self.store),
+            keyring: KeyringCell::new(keyring, self.source),
+            secret,
+            cache,
+            max_providers: self.max_providers,
+            platform_fallback: self.platform_fallback,
+            feed,
+        });
+        if let Some(every) = self.refresh_every {
+            spawn_refresh(Arc::downgrade(&inner), every);
+        }
         Ok(Vault {
-            inner: Arc::new(Inner {
-                checks: self.checks,
-                store: Box::new(self.store),
-                keyring: self.keyring,
-                secret,
-                cache,
-                max_providers: self.max_providers,
-                platform_fallback: self.platform_fallback,
-                feed,
-            }),
+            inner,
             actor: DEFAULT_ACTOR.into(),
         })
     }
@@ -239,85 +259,4 @@ async fn start_feed<S: KeyStore>(
     }
     let _ = (store, cache);
     Ok(Feed::off())
-}
-
-/// Reads (or on first use writes) the check records, and returns the vault secret.
-async fn unlock<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<VaultSecret> {
-    let (user, provider) = CHECK_RECORD_SCOPE;
-    let mut records = store.check_records().await?;
-    if records.is_empty() {
-        // First use: one fresh vault secret, sealed under every key of the keyring, so an
-        // instance started at the same moment with any of these keys reads the same one.
-        let fresh = VaultSecret::generate();
-        let sealed: Vec<(&str, Vec<u8>)> = keyring
-            .keys()
-            .map(|key| {
-                (
-                    key.id(),
-                    UserCipher::new(key, user).seal(user, provider, fresh.as_slice()),
-                )
-            })
-            .collect();
-        store
-            .add_check_records(&sealed, unix_ms(SystemTime::now()), true)
-            .await?;
-        // Another instance may have won the race to write the first records: read back.
-        records = store.check_records().await?;
-    }
-    let mut secret: Option<Zeroizing<Vec<u8>>> = None;
-    for (key_id, sealed) in &records {
-        let Some(master) = keyring.get(key_id) else {
-            continue;
-        };
-        let opened = UserCipher::new(master, user)
-            .open(user, provider, sealed)
-            .map_err(|_| {
-                Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
-                    "master key `{key_id}` of the keyring is not the key this database was sealed with"
-                ))
-            })?;
-        match &secret {
-            Some(first) if **first != *opened => {
-                return Err(Error::new(ErrorKind::WrongMasterKey)
-                    .with_detail("the database's check records disagree"))
-            }
-            Some(_) => {}
-            None => secret = Some(opened),
-        }
-    }
-    let Some(secret) = secret else {
-        let stored: Vec<&str> = records.iter().map(|(id, _)| id.as_str()).collect();
-        return Err(Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
-            "the keyring holds none of the master keys this database was sealed with ({})",
-            stored.join(", ")
-        )));
-    };
-    let active = keyring.active();
-    if !records.iter().any(|(id, _)| id == active.id()) {
-        let sealed = UserCipher::new(active, user).seal(user, provider, &secret);
-        store
-            .add_check_records(&[(active.id(), sealed)], unix_ms(SystemTime::now()), false)
-            .await?;
-    }
-    VaultSecret::from_bytes(&secret)
-}
-
-/// Refuses a keyring that lacks a master key some stored rows are sealed under: those
-/// users' requests would all fail, so it is a configuration error, found at start-up.
-async fn refuse_unreadable_rows<S: KeyStore>(store: &S, keyring: &Keyring) -> Result<()> {
-    let missing: Vec<String> = store
-        .key_usage()
-        .await?
-        .into_iter()
-        .filter(|(id, count)| *count > 0 && keyring.get(id).is_none())
-        .map(|(id, count)| format!("{count} under `{id}`"))
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    Err(Error::new(ErrorKind::WrongMasterKey).with_detail(format!(
-        "stored keys are sealed under master keys the keyring does not hold ({}): \
-         put those keys back into the keyring, after the active one",
-        missing.join(", ")
-    )))
 }

@@ -4,6 +4,8 @@
 //! - `builder.rs`: [`VaultBuilder`], opening a vault and proving the keyring;
 //! - `read.rs`: what the layer serves (through the cache), direct reads, listings, audit;
 //! - `write.rs`: storing, replacing, expiring and deleting keys;
+//! - `keyring.rs`: proving a keyring against the database, the keyring in use, its
+//!   source, and refreshing it;
 //! - `open.rs`: the one place a stored row is decrypted;
 //! - `rotation.rs`: master-key rotation: usage, rewrap, verify, retire.
 
@@ -17,11 +19,12 @@ use crate::check::KeyCheck;
 use crate::crypto::VaultSecret;
 use crate::error::{Error, ErrorKind, Result};
 use crate::feed::{Feed, FeedConfig, FeedStatus};
-use crate::keyring::Keyring;
+use crate::keyring::{Keyring, KeyringSource};
 use crate::store::{DynAudit, DynExpiry, DynKeyStore, DynOwner, DynRotation, KeyStore};
 pub(crate) use crate::time::{from_unix_ms, unix_ms};
 
 mod builder;
+mod keyring;
 mod open;
 mod owners;
 mod read;
@@ -29,6 +32,7 @@ mod rotation;
 mod write;
 
 pub use self::builder::VaultBuilder;
+pub use self::keyring::KeyringStatus;
 pub use self::owners::{Owner, TeamPolicy};
 pub use self::rotation::{MasterKeyUsage, Progress, RewrapReport, RowFailure, VerifyReport};
 
@@ -96,7 +100,7 @@ pub struct Vault {
 pub(crate) struct Inner {
     pub(crate) checks: HashMap<String, Box<dyn KeyCheck>>,
     pub(crate) store: Box<dyn DynKeyStore>,
-    pub(crate) keyring: Keyring,
+    pub(crate) keyring: keyring::KeyringCell,
     pub(crate) secret: VaultSecret,
     pub(crate) cache: Arc<KeyCache>,
     /// The cap on one user's providers, passed to each [`KeyStore::upsert`].
@@ -169,10 +173,30 @@ impl Vault {
     /// # Ok(()) }
     /// ```
     pub fn builder<S: KeyStore>(store: S, keyring: Keyring) -> VaultBuilder<S> {
+        Self::builder_from(store, keyring)
+    }
+
+    /// Settings for opening a vault whose keyring comes from a [`KeyringSource`]: loaded
+    /// when the vault opens, and again at each [refresh](Vault::refresh_keyring), never
+    /// per request.
+    ///
+    /// ```
+    /// # use tower_byok::{EnvKeyring, Keyring, MasterKey, SqliteStore, Vault};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_byok::Error> {
+    /// # std::env::set_var("DOC_BYOK_MASTER_KEYS", Keyring::new(MasterKey::generate("k1")?).expose_text().as_str());
+    /// let vault = Vault::builder_from(SqliteStore::in_memory().await?, EnvKeyring::new("DOC_BYOK_MASTER_KEYS"))
+    ///     .open()
+    ///     .await?;
+    /// assert_eq!(vault.keyring_status().source, "environment variable DOC_BYOK_MASTER_KEYS");
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_from<S: KeyStore>(store: S, source: impl KeyringSource) -> VaultBuilder<S> {
         VaultBuilder {
             checks: HashMap::new(),
             store,
-            keyring,
+            source: Arc::new(source),
+            refresh_every: None,
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             load_timeout: Duration::from_secs(3),
@@ -206,9 +230,11 @@ impl Vault {
         })
     }
 
-    /// The keyring this vault seals and opens with.
-    pub fn keyring(&self) -> &Keyring {
-        &self.inner.keyring
+    /// The keyring this vault seals and opens with now: the one loaded at open, or at
+    /// the last successful [refresh](Self::refresh_keyring). Cheap: the keys are shared,
+    /// not copied.
+    pub fn keyring(&self) -> Keyring {
+        self.inner.keyring.current()
     }
 
     /// The keyed hash that stands for `user_id` in the audit trail and in this crate's
@@ -232,7 +258,7 @@ impl Vault {
 impl fmt::Debug for Vault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Vault")
-            .field("keyring", &self.inner.keyring)
+            .field("keyring", &self.inner.keyring.current())
             .field("actor", &self.actor)
             .finish_non_exhaustive()
     }

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 use super::{from_unix_ms, Inner};
 use crate::crypto::UserCipher;
 use crate::error::{Error, ErrorKind, Result};
+use crate::keyring::Keyring;
 use crate::keys::{KeySource, ProviderKey};
 use crate::owner::OwnerKind;
 use crate::store::{SealedKey, StoredKey};
@@ -53,6 +54,9 @@ impl SealedRow for SealedKey {
 /// Opens rows of one owner, deriving the owner's cipher once per master key.
 pub(super) struct Opener<'a> {
     inner: &'a Inner,
+    /// The keyring in use when the opener was made: one refresh swapping it meanwhile
+    /// changes nothing for rows already being opened.
+    keyring: &'a Keyring,
     kind: OwnerKind,
     user_id: &'a str,
     /// Per master key id, in the order first needed: nearly always one, so a scan beats
@@ -62,14 +66,20 @@ pub(super) struct Opener<'a> {
 
 impl<'a> Opener<'a> {
     /// Opens a user's rows.
-    pub(super) fn new(inner: &'a Inner, user_id: &'a str) -> Self {
-        Self::for_owner(inner, OwnerKind::User, user_id)
+    pub(super) fn new(inner: &'a Inner, keyring: &'a Keyring, user_id: &'a str) -> Self {
+        Self::for_owner(inner, keyring, OwnerKind::User, user_id)
     }
 
     /// Opens the rows of an owner of any kind: its keys say where they came from.
-    pub(super) fn for_owner(inner: &'a Inner, kind: OwnerKind, owner_id: &'a str) -> Self {
+    pub(super) fn for_owner(
+        inner: &'a Inner,
+        keyring: &'a Keyring,
+        kind: OwnerKind,
+        owner_id: &'a str,
+    ) -> Self {
         Self {
             inner,
+            keyring,
             kind,
             user_id: owner_id,
             ciphers: Vec::new(),
@@ -103,7 +113,7 @@ impl<'a> Opener<'a> {
     /// keyring lacks its master key, [`ErrorKind::Decrypt`] when it does not open or does
     /// not hold UTF-8 (FORMAT.md §7), exactly as serving it would fail.
     pub(super) fn open_secret(&mut self, row: &impl SealedRow) -> Result<Zeroizing<String>> {
-        let Some(master) = self.inner.keyring.get(row.key_id()) else {
+        let Some(master) = self.keyring.get(row.key_id()) else {
             tracing::error!(key_id = %row.key_id(), provider = %row.provider(), "a stored key names a master key the keyring does not hold");
             return Err(Error::new(ErrorKind::UnknownMasterKey));
         };

@@ -350,7 +350,8 @@ impl Vault {
         };
         let rows = owners.fetch_owner(kind, owner_id).await?;
         let now = SystemTime::now();
-        let mut opener = Opener::for_owner(&self.inner, kind, owner_id);
+        let keyring = self.inner.keyring.current();
+        let mut opener = Opener::for_owner(&self.inner, &keyring, kind, owner_id);
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
             keys.extend(opener.open(row, now)?);

@@ -30,7 +30,8 @@ impl Vault {
             return Ok(None);
         };
         let now = SystemTime::now();
-        let mut opener = Opener::new(&self.inner, user_id);
+        let keyring = self.inner.keyring.current();
+        let mut opener = Opener::new(&self.inner, &keyring, user_id);
         opener.open(&row, now)
     }
 
@@ -49,7 +50,8 @@ impl Vault {
         // freed on every miss).
         let rows = self.inner.store.fetch_user_sealed(user_id).await?;
         let now = SystemTime::now();
-        let mut opener = Opener::new(&self.inner, user_id);
+        let keyring = self.inner.keyring.current();
+        let mut opener = Opener::new(&self.inner, &keyring, user_id);
         let mut keys = Vec::with_capacity(rows.len());
         for row in &rows {
             keys.extend(opener.open(row, now)?);

@@ -215,7 +215,8 @@ impl Vault {
         mut progress: impl FnMut(Progress),
     ) -> Result<RewrapReport> {
         self.inner.rotation()?;
-        let active = self.inner.keyring.active();
+        let keyring = self.inner.keyring.current();
+        let active = keyring.active();
         let total = self
             .master_key_usage()
             .await?
@@ -327,14 +328,19 @@ impl Vault {
         kind: OwnerKind,
         row: &StoredKey,
     ) -> std::result::Result<Zeroizing<String>, RowFailure> {
-        Opener::for_owner(&self.inner, kind, &row.user_id)
-            .open_secret(row)
-            .map_err(|e| RowFailure {
-                user_ref: self.inner.secret.owner_ref(kind, &row.user_id),
-                provider: row.provider.clone(),
-                master_key_id: row.key_id.clone(),
-                kind: e.kind(),
-            })
+        Opener::for_owner(
+            &self.inner,
+            &self.inner.keyring.current(),
+            kind,
+            &row.user_id,
+        )
+        .open_secret(row)
+        .map_err(|e| RowFailure {
+            user_ref: self.inner.secret.owner_ref(kind, &row.user_id),
+            provider: row.provider.clone(),
+            master_key_id: row.key_id.clone(),
+            kind: e.kind(),
+        })
     }
 
     /// Forgets a master key the database no longer needs: removes its check record, so
@@ -352,7 +358,7 @@ impl Vault {
     pub async fn retire_master_key(&self, key_id: &str) -> Result<()> {
         self.inner.rotation()?;
         let in_use = |detail: String| Error::new(ErrorKind::MasterKeyInUse).with_detail(detail);
-        if self.inner.keyring.active().id() == key_id {
+        if self.inner.keyring.current().active().id() == key_id {
             return Err(in_use("the active key cannot be retired".to_owned()));
         }
         let rows_under = |usage: Vec<MasterKeyUsage>| {

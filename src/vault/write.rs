@@ -113,7 +113,8 @@ impl Vault {
         if keys.is_empty() {
             return Ok(0);
         }
-        let cipher = UserCipher::new(self.inner.keyring.active(), user_id);
+        let keyring = self.inner.keyring.current();
+        let cipher = UserCipher::new(keyring.active(), user_id);
         let now = unix_ms(SystemTime::now());
         let rows: Vec<StoredKey> = keys
             .iter()
@@ -202,7 +203,8 @@ impl Vault {
                 Error::new(ErrorKind::KeyRejected).with_detail(format!("{provider}: {reason}"))
             })?;
         }
-        let cipher = UserCipher::for_owner(self.inner.keyring.active(), kind, user_id);
+        let keyring = self.inner.keyring.current();
+        let cipher = UserCipher::for_owner(keyring.active(), kind, user_id);
         let now = unix_ms(SystemTime::now());
         let row = StoredKey {
             user_id: user_id.to_owned(),

@@ -214,6 +214,39 @@ impl TestDb {
         }
     }
 
+    /// Opens a vault whose keyring comes from `source`, refreshed every `refresh` if
+    /// given (`Vault::builder_from`).
+    pub async fn open_from(
+        &self,
+        source: impl tower_byok::KeyringSource,
+        refresh: Option<Duration>,
+    ) -> tower_byok::Result<Vault> {
+        let builder = match self.backend {
+            Backend::Sqlite => {
+                Vault::builder_from(SqliteStore::open(&self.sqlite_path).await?, source)
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres => {
+                let store = self
+                    .pg_store(8)
+                    .await
+                    .map_err(|_| tower_byok::ErrorKind::Store)?;
+                return match refresh {
+                    Some(every) => Vault::builder_from(store, source).refresh_keyring_every(every),
+                    None => Vault::builder_from(store, source),
+                }
+                .open()
+                .await;
+            }
+        };
+        match refresh {
+            Some(every) => builder.refresh_keyring_every(every),
+            None => builder,
+        }
+        .open()
+        .await
+    }
+
     /// Opens a vault that follows the change feed every `poll` and serves the platform's
     /// keys when `platform` says so, with a cache TTL of an hour.
     pub async fn open_teams(&self, keyring: Keyring, platform: bool, poll: Duration) -> Vault {
