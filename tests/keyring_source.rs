@@ -18,6 +18,7 @@ per_backend!(
     a_failed_refresh_keeps_the_keyring_in_use,
     the_vault_refreshes_on_its_own,
     a_program_prints_the_keyring,
+    an_age_encrypted_keyring_opens_the_vault,
 );
 
 fn write_keyring(path: &Path, keyring: &Keyring) {
@@ -280,4 +281,71 @@ async fn a_program_failure_says_what_failed_and_never_what_was_printed() {
         shown.contains("vault") && !shown.contains("TOPSECRET"),
         "{shown}"
     );
+}
+
+/// The README's `CommandKeyring` example, with Debian's `age` (`.ci/test` installs it):
+/// the keyring sits on disk encrypted to an identity, and only the program's output, in
+/// memory, ever holds it in the clear.
+async fn an_age_encrypted_keyring_opens_the_vault(backend: Backend) {
+    let age = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}; install it: sudo apt-get install age"));
+        assert!(out.status.success(), "{program} {args:?} failed");
+    };
+    let db = TestDb::new(backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let identity = dir.path().join("age-identity.txt");
+    let plain = dir.path().join("keyring.txt");
+    let sealed = dir.path().join("keyring.age");
+    age("age-keygen", &["-o", identity.to_str().unwrap()]);
+    write_keyring(&plain, &Keyring::new(master("k1", 1)));
+    age(
+        "age",
+        &[
+            "--encrypt",
+            "-i",
+            identity.to_str().unwrap(),
+            "-o",
+            sealed.to_str().unwrap(),
+            plain.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(&plain).unwrap();
+    let on_disk = std::fs::read(&sealed).unwrap();
+    let line = Keyring::new(master("k1", 1)).expose_text();
+    let b64 = line.trim().split_once(':').unwrap().1;
+    assert!(
+        !on_disk.windows(b64.len()).any(|w| w == b64.as_bytes()),
+        "the key is not on disk in the clear"
+    );
+
+    let source = CommandKeyring::new("age")
+        .args(["--decrypt", "-i"])
+        .arg(&identity)
+        .arg(&sealed)
+        .timeout(Duration::from_secs(10));
+    let vault = db.open_from(source, None).await.unwrap();
+    vault
+        .put("alice", "openai", "sk-alice-under-age-012")
+        .await
+        .unwrap();
+    drop(vault);
+    // The same database opens with the plain keyring: age printed exactly that keyring.
+    let plain_vault = db.open(Keyring::new(master("k1", 1))).await.unwrap();
+    assert_eq!(
+        common::served(&plain_vault, "alice").await.as_deref(),
+        Some("sk-alice-under-age-012")
+    );
+
+    // Another identity cannot decrypt it, and the vault does not open.
+    let other = dir.path().join("other-identity.txt");
+    age("age-keygen", &["-o", other.to_str().unwrap()]);
+    let wrong = CommandKeyring::new("age")
+        .args(["--decrypt", "-i"])
+        .arg(&other)
+        .arg(&sealed);
+    let err = db.open_from(wrong, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::KeyringSource, "{err}");
 }
