@@ -35,14 +35,28 @@ fn push_lp(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// `HKDF-SHA256(salt, ikm)` expanded over `lp(info[0]) || lp(info[1]) || ...`, fed to
+/// HKDF piece by piece (`expand_multi_info`) rather than joined in a buffer first: a
+/// miss derives one of these per owner and master key.
 fn hkdf_32(ikm: &[u8], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
-    let mut encoded = Vec::with_capacity(info.iter().map(|field| 4 + field.len()).sum());
-    for field in info {
-        push_lp(&mut encoded, field);
+    const MAX_FIELDS: usize = 3;
+    assert!(
+        info.len() <= MAX_FIELDS,
+        "HKDF info has at most {MAX_FIELDS} fields"
+    );
+    let mut prefixes = [[0u8; 4]; MAX_FIELDS];
+    let mut parts: [&[u8]; 2 * MAX_FIELDS] = [&[]; 2 * MAX_FIELDS];
+    for (i, field) in info.iter().enumerate() {
+        let len = u32::try_from(field.len()).expect("fields are bounded far below 4 GiB");
+        prefixes[i] = len.to_be_bytes();
+    }
+    for (i, field) in info.iter().enumerate() {
+        parts[2 * i] = &prefixes[i];
+        parts[2 * i + 1] = field;
     }
     let mut out = Zeroizing::new([0u8; 32]);
     Hkdf::<Sha256>::new(Some(HKDF_SALT), ikm)
-        .expand(&encoded, out.as_mut_slice())
+        .expand_multi_info(&parts[..2 * info.len()], out.as_mut_slice())
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     out
 }
@@ -86,11 +100,19 @@ impl<'k> UserCipher<'k> {
         }
     }
 
-    /// The associated data of one of this owner's rows.
-    fn aad(&self, owner_id: &str, provider: &str) -> Vec<u8> {
-        match self.kind {
-            OwnerKind::User => associated_data(self.key_id(), owner_id, provider),
-            kind => owner_associated_data(self.key_id(), kind, owner_id, provider),
+    /// Calls `f` with the associated data of one of this owner's rows, built on the
+    /// stack when it fits (always, for ids and names within the crate's limits: at most
+    /// 1 + 4 × 4 + 255 + 255 + 64 + 8 bytes), so opening a row allocates only its
+    /// plaintext.
+    fn with_aad<R>(&self, owner_id: &str, provider: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+        let kind = (self.kind != OwnerKind::User).then_some(self.kind);
+        let mut buf = [0u8; AAD_STACK_LEN];
+        match write_aad(&mut buf, self.key_id(), owner_id, provider, kind) {
+            Some(len) => f(&buf[..len]),
+            None => f(&match kind {
+                None => associated_data(self.key_id(), owner_id, provider),
+                Some(kind) => owner_associated_data(self.key_id(), kind, owner_id, provider),
+            }),
         }
     }
 
@@ -106,10 +128,11 @@ impl<'k> UserCipher<'k> {
         blob.push(FORMAT_VERSION);
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(plaintext);
-        let aad = self.aad(user_id, provider);
         let tag = self
-            .aead
-            .encrypt_inout_detached(&nonce, &aad, (&mut blob[HEADER_LEN..]).into())
+            .with_aad(user_id, provider, |aad| {
+                self.aead
+                    .encrypt_inout_detached(&nonce, aad, (&mut blob[HEADER_LEN..]).into())
+            })
             .expect("plaintexts are bounded far below the XChaCha20 limit");
         blob.extend_from_slice(&tag);
         blob
@@ -132,10 +155,11 @@ impl<'k> UserCipher<'k> {
         let (body, tag) = blob[HEADER_LEN..].split_at(blob.len() - HEADER_LEN - TAG_LEN);
         let tag = <&Tag>::try_from(tag).map_err(|_| decrypt())?;
         let mut plaintext = Zeroizing::new(body.to_vec());
-        let aad = self.aad(user_id, provider);
-        self.aead
-            .decrypt_inout_detached(nonce, &aad, plaintext.as_mut_slice().into(), tag)
-            .map_err(|_| decrypt())?;
+        self.with_aad(user_id, provider, |aad| {
+            self.aead
+                .decrypt_inout_detached(nonce, aad, plaintext.as_mut_slice().into(), tag)
+        })
+        .map_err(|_| decrypt())?;
         Ok(plaintext)
     }
 
@@ -157,6 +181,40 @@ impl<'k> UserCipher<'k> {
             }
         }
     }
+}
+
+/// Room for the associated data of any row whose ids are within the crate's limits.
+const AAD_STACK_LEN: usize = 640;
+
+/// Writes `version || lp(key_id) || lp(owner_id) || lp(provider) [|| lp(kind)]` (the
+/// bytes of [`associated_data`] or [`owner_associated_data`]) into `buf` and returns its
+/// length, or `None` when it does not fit.
+fn write_aad(
+    buf: &mut [u8],
+    key_id: &str,
+    owner_id: &str,
+    provider: &str,
+    kind: Option<OwnerKind>,
+) -> Option<usize> {
+    let kind = kind.map(|kind| kind.as_str().as_bytes());
+    let fields = [
+        Some(key_id.as_bytes()),
+        Some(owner_id.as_bytes()),
+        Some(provider.as_bytes()),
+        kind,
+    ];
+    let total = buf.len();
+    let (first, mut rest) = buf.split_first_mut()?;
+    *first = FORMAT_VERSION;
+    for field in fields.into_iter().flatten() {
+        let len = u32::try_from(field.len()).ok()?.to_be_bytes();
+        let (prefix, after) = std::mem::take(&mut rest).split_at_mut_checked(4)?;
+        prefix.copy_from_slice(&len);
+        let (body, after) = after.split_at_mut_checked(field.len())?;
+        body.copy_from_slice(field);
+        rest = after;
+    }
+    Some(total - rest.len())
 }
 
 /// `version || lp(key_id) || lp(user_id) || lp(provider)`.
@@ -377,6 +435,39 @@ mod tests {
             ]
             .concat()
         );
+    }
+
+    #[test]
+    fn the_stack_built_associated_data_is_the_documented_one() {
+        let long = "x".repeat(700);
+        let cases = [
+            ("k1", "u", "p"),
+            ("", "", ""),
+            ("key-2026", "alice@example.com", "openai"),
+            ("k", &long[..255], &long[..64]),
+        ];
+        for (key_id, owner, provider) in cases {
+            let mut buf = [0u8; AAD_STACK_LEN];
+            let len = write_aad(&mut buf, key_id, owner, provider, None).unwrap();
+            assert_eq!(buf[..len], associated_data(key_id, owner, provider)[..]);
+            for kind in [OwnerKind::Team, OwnerKind::Platform] {
+                let len = write_aad(&mut buf, key_id, owner, provider, Some(kind)).unwrap();
+                assert_eq!(
+                    buf[..len],
+                    owner_associated_data(key_id, kind, owner, provider)[..]
+                );
+            }
+        }
+        // Too long for the stack: not written, and sealing falls back to the heap.
+        let mut buf = [0u8; AAD_STACK_LEN];
+        assert_eq!(write_aad(&mut buf, "k", &long, "p", None), None);
+        let k1 = key("k1", 7);
+        for kind in [OwnerKind::User, OwnerKind::Team] {
+            let cipher = UserCipher::for_owner(&k1, kind, &long);
+            let blob = cipher.seal(&long, "p", b"sk-long");
+            assert_eq!(&**cipher.open(&long, "p", &blob).unwrap(), b"sk-long");
+            assert!(cipher.open(&long[1..], "p", &blob).is_err());
+        }
     }
 
     #[test]
