@@ -19,6 +19,18 @@ pub(crate) fn user_id(id: &str) -> Result<&str> {
     if id.is_empty() || id.len() > MAX_USER_ID_LEN {
         return Err(bad("a user id must be 1 to 255 bytes"));
     }
+    let bytes = id.as_bytes();
+    if bytes.is_ascii() {
+        // Nearly every id: one pass over bytes, and the only whitespace that is not a
+        // control character is the space.
+        if bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(bad("a user id must not contain control characters"));
+        }
+        if bytes[0] == b' ' || bytes[bytes.len() - 1] == b' ' {
+            return Err(bad("a user id must not start or end with whitespace"));
+        }
+        return Ok(id);
+    }
     if has_control(id) {
         return Err(bad("a user id must not contain control characters"));
     }
