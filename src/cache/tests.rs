@@ -174,6 +174,41 @@ async fn a_load_that_raced_an_invalidation_is_not_cached() {
 }
 
 #[tokio::test]
+async fn a_miss_that_raced_a_finishing_load_takes_its_keys() {
+    // The interleaving of two misses of one user: B looks (nothing), A's load finishes,
+    // inserts and leaves the map, and only then does B take the lock. B must take A's
+    // keys, not load a second time.
+    let (cache, loads) = cache(Duration::from_secs(3600), 100);
+    let stripe = cache.stripe("u");
+    let seen = cache.inserts[stripe].load(Ordering::Acquire);
+    assert!(cache.get("u").is_none(), "B's first look misses");
+    load(&cache, &loads, "u", Ok(keys("sk-a"))).await.unwrap();
+    let b = cache
+        .load_after_miss("u", stripe, seen, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(keys("sk-b"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.get("openai").unwrap().expose_secret(), "sk-a");
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "one load for both misses");
+
+    // With no load in between, the same path loads (and caches) as a plain miss does.
+    cache.invalidate("u");
+    let seen = cache.inserts[stripe].load(Ordering::Acquire);
+    let c = cache
+        .load_after_miss("u", stripe, seen, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok(keys("sk-c"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.get("openai").unwrap().expose_secret(), "sk-c");
+    assert_eq!(loads.load(Ordering::SeqCst), 2);
+    assert!(cache.get("u").is_some());
+}
+
+#[tokio::test]
 async fn a_waiter_takes_over_when_the_leader_is_cancelled() {
     let (cache, loads) = cache(Duration::from_secs(3600), 100);
     let leader = spawn_leader(&cache, &loads, std::future::pending(), Ok(keys("never"))).await;
@@ -236,7 +271,8 @@ fn what_is_held_stays_bounded_as_users_come_and_go() {
     let cache = KeyCache::new(Duration::from_millis(1), 320, Duration::from_secs(1), None);
     for batch in 0..50 {
         for i in 0..100 {
-            cache.insert(Arc::from(format!("user-{batch}-{i}")), &keys("sk-1"));
+            let user = format!("user-{batch}-{i}");
+            cache.insert(cache.stripe(&user), Arc::from(user), &keys("sk-1"));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
