@@ -29,6 +29,15 @@ fn write_keyring(path: &Path, keyring: &Keyring) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A keyring file holding k1 alone, in a temporary directory that lives as long as the
+/// returned handle.
+fn k1_keyring_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyring.txt");
+    write_keyring(&path, &Keyring::new(master("k1", 1)));
+    (dir, path)
+}
+
 async fn usage(vault: &Vault) -> Vec<(String, u64)> {
     let mut usage: Vec<_> = vault
         .master_key_usage()
@@ -43,9 +52,7 @@ async fn usage(vault: &Vault) -> Vec<(String, u64)> {
 
 async fn a_rotated_file_is_in_use_after_a_refresh(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyring.txt");
-    write_keyring(&path, &Keyring::new(master("k1", 1)));
+    let (_dir, path) = k1_keyring_file();
     let vault = db.open_from(FileKeyring::new(&path), None).await.unwrap();
     vault
         .put("alice", "openai", "sk-alice-under-k1-0123")
@@ -94,9 +101,7 @@ async fn a_rotated_file_is_in_use_after_a_refresh(backend: Backend) {
 
 async fn a_failed_refresh_keeps_the_keyring_in_use(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyring.txt");
-    write_keyring(&path, &Keyring::new(master("k1", 1)));
+    let (_dir, path) = k1_keyring_file();
     let vault = db.open_from(FileKeyring::new(&path), None).await.unwrap();
     vault
         .put("alice", "openai", "sk-alice-kept-0123456")
@@ -174,9 +179,7 @@ async fn a_failed_refresh_keeps_the_keyring_in_use(backend: Backend) {
 
 async fn the_vault_refreshes_on_its_own(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyring.txt");
-    write_keyring(&path, &Keyring::new(master("k1", 1)));
+    let (_dir, path) = k1_keyring_file();
     let vault = db
         .open_from(FileKeyring::new(&path), Some(Duration::from_secs(1)))
         .await
@@ -204,9 +207,7 @@ async fn the_vault_refreshes_on_its_own(backend: Backend) {
 
 async fn a_program_prints_the_keyring(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyring.txt");
-    write_keyring(&path, &Keyring::new(master("k1", 1)));
+    let (_dir, path) = k1_keyring_file();
     let source = CommandKeyring::new("cat").arg(&path);
     assert_eq!(source.describe(), "command cat");
     let vault = db.open_from(source, None).await.unwrap();
@@ -365,9 +366,7 @@ async fn a_rotation_without_restart_while_serving_over_http(backend: Backend) {
     use tower_byok::{ByokLayer, UserKeys};
 
     let db = TestDb::new(backend).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keyring.txt");
-    write_keyring(&path, &Keyring::new(master("k1", 1)));
+    let (_dir, path) = k1_keyring_file();
     let vault = db.open_from(FileKeyring::new(&path), None).await.unwrap();
     let users: Vec<String> = (0..16).map(|i| format!("user-{i}")).collect();
     for user in &users {
