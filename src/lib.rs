@@ -234,9 +234,12 @@ pub use crate::error::{Error, ErrorKind, Result};
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::KeysRejection;
 pub use crate::feed::{FeedMode, FeedStatus, CHANGE_RETENTION};
+#[cfg(feature = "aws-kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-kms")))]
+pub use crate::keyring::AwsKms;
 pub use crate::keyring::{
     BoxFuture, CommandKeyring, EnvKeyring, FileKeyring, Keyring, KeyringSource, Kms, MasterKey,
-    MASTER_KEY_LEN,
+    WrappedKeyring, WrappedKeyringSource, MASTER_KEY_LEN, WRAPPED_KEYRING_HEADER,
 };
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 pub use crate::owner::OwnerKind;
