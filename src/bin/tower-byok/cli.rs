@@ -52,9 +52,11 @@ pub(crate) struct Cli {
     )]
     pub(crate) direct_database: Option<String>,
 
-    /// A file holding the master keyring (`ID:BASE64` lines, the active key first).
-    /// Without it, the keyring text is read from the environment variable
-    /// BYOK_MASTER_KEYS.
+    /// A file holding the master keyring (`ID:BASE64` lines, the active key first), or
+    /// a wrapped keyring (`tower-byok keyring wrap`), which is unwrapped through its KMS
+    /// (AWS credentials, region and endpoint from the standard `AWS_*` variables).
+    /// Without it, the keyring text (plain or wrapped) is read from the environment
+    /// variable BYOK_MASTER_KEYS.
     #[arg(
         long,
         global = true,
@@ -233,6 +235,42 @@ pub(crate) enum Command {
     Import {
         #[command(subcommand)]
         format: ImportFormat,
+    },
+
+    /// Wrapped keyrings: master keys encrypted under a KMS key (feature `aws-kms`).
+    #[cfg(feature = "aws-kms")]
+    Keyring {
+        #[command(subcommand)]
+        command: KeyringCommand,
+    },
+}
+
+/// `tower-byok keyring ...`: wrapped keyrings on AWS KMS. Credentials, region and
+/// endpoint come from the standard `AWS_*` environment variables.
+#[cfg(feature = "aws-kms")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyringCommand {
+    /// Wrap the plain keyring (`--keyring-file` or BYOK_MASTER_KEYS) under an AWS KMS
+    /// key: each master key encrypted by KMS, the text harmless alone.
+    Wrap {
+        /// The AWS KMS key: key ARN, key id, alias name or alias ARN.
+        #[arg(long, value_name = "ARN")]
+        kms_key: String,
+        /// Where to write the wrapped keyring: a new file (never overwritten), or `-`
+        /// for standard output.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Add a fresh master key, wrapped under the same KMS key, as the active key of a
+    /// wrapped keyring (`--keyring-file` or BYOK_MASTER_KEYS). Nothing is unwrapped.
+    Rotate {
+        /// The new key's id.
+        #[arg(long, value_name = "NEW_ID")]
+        id: String,
+        /// Where to write the new wrapped keyring: a new file (never overwritten), or
+        /// `-` for standard output.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
     },
 }
 
