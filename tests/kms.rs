@@ -63,6 +63,17 @@ async fn create_key(client: &aws_sdk_kms::Client) -> String {
     out.key_metadata().unwrap().arn().unwrap().to_owned()
 }
 
+/// A fresh KMS key at `url`, and a keyring of the one key `k1` (bytes `byte`) wrapped
+/// under it: the KMS, the key's ARN and the wrapped keyring.
+async fn wrapped_k1(url: &str, byte: u8) -> (AwsKms, String, WrappedKeyring) {
+    let kms = AwsKms::new(client(url));
+    let arn = create_key(&client(url)).await;
+    let wrapped = WrappedKeyring::wrap(&Keyring::new(master("k1", byte)), &kms, &arn)
+        .await
+        .unwrap();
+    (kms, arn, wrapped)
+}
+
 fn write(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).unwrap();
@@ -169,17 +180,10 @@ async fn a_wrapped_keyring_opens_a_vault_serving_over_http(backend: Backend) {
 /// vault still serves, `keyring_status` and the metric show the failure, and a new
 /// instance does not open.
 async fn a_failed_refresh_keeps_the_keys_and_says_so(backend: Backend) {
-    if kms_url().is_none() {
-        return;
-    }
     let Some(mut moto) = OwnMoto::start() else {
         return;
     };
-    let kms = AwsKms::new(client(&moto.url));
-    let arn = create_key(&client(&moto.url)).await;
-    let wrapped = WrappedKeyring::wrap(&Keyring::new(master("k1", 3)), &kms, &arn)
-        .await
-        .unwrap();
+    let (kms, _, wrapped) = wrapped_k1(&moto.url, 3).await;
     let db = TestDb::new(backend).await;
     let source = || WrappedKeyringSource::new(wrapped.clone(), kms.clone());
     let vault = db.open_from(source(), None).await.unwrap();
@@ -219,11 +223,7 @@ async fn a_failed_refresh_keeps_the_keys_and_says_so(backend: Backend) {
 async fn a_disabled_key_keeps_the_vault_closed(backend: Backend) {
     let Some(url) = kms_url() else { return };
     let admin = client(&url);
-    let kms = AwsKms::new(client(&url));
-    let arn = create_key(&admin).await;
-    let wrapped = WrappedKeyring::wrap(&Keyring::new(master("k1", 3)), &kms, &arn)
-        .await
-        .unwrap();
+    let (kms, arn, wrapped) = wrapped_k1(&url, 3).await;
     // moto's DisableKey takes the key id, not the ARN.
     let key_id = arn.rsplit('/').next().unwrap();
     admin.disable_key().key_id(key_id).send().await.unwrap();
@@ -371,7 +371,9 @@ struct OwnMoto {
 }
 
 impl OwnMoto {
+    /// `None`, with a notice, when `.ci/test` did not start moto.
     fn start() -> Option<Self> {
+        kms_url()?;
         let Ok(bin) = std::env::var("BYOK_TEST_MOTO_SERVER") else {
             eprintln!("BYOK_TEST_MOTO_SERVER is not set: skipping (bash .ci/test sets it)");
             return None;
@@ -468,17 +470,10 @@ impl Drop for OwnMoto {
 /// keyring gets `KmsUnreachable`. Neither opens a vault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_call_and_a_stopped_server_each_say_what_failed() {
-    if kms_url().is_none() {
-        return;
-    }
     let Some(mut moto) = OwnMoto::start() else {
         return;
     };
-    let kms = AwsKms::new(client(&moto.url));
-    let arn = create_key(&client(&moto.url)).await;
-    let wrapped = WrappedKeyring::wrap(&Keyring::new(master("k1", 9)), &kms, &arn)
-        .await
-        .unwrap();
+    let (kms, arn, wrapped) = wrapped_k1(&moto.url, 9).await;
     let (id, secret) = moto.user_without_rights().await;
     // From now on moto authenticates and authorizes every call as IAM would.
     let reset = moto.post("/moto-api/reset-auth", &[], "0").await;

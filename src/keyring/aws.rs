@@ -118,6 +118,8 @@ impl Kms for AwsKms {
         plaintext: &'a [u8],
     ) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move {
+            // The SDK copies the key into request buffers it does not zeroize: wrapping
+            // is an admin step (`keyring wrap`, `rotate`), never done while serving.
             let out = self
                 .client
                 .encrypt()
