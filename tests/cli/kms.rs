@@ -169,3 +169,124 @@ async fn wrap_rotate_and_retire_a_wrapped_keyring(backend: Backend) {
     ])
     .fails(1, "already wrapped");
 }
+
+/// README "AWS KMS": the quickstart's development keyring wrapped with `keyring wrap`,
+/// then the quickstart run from the wrapped keyring in BYOK_MASTER_KEYS, serving the key
+/// stored before. Runs the quickstart example that `cargo test` built beside the binary
+/// (skipped with a notice when only this test target was built).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_runs_from_a_wrapped_keyring() {
+    let Ok(url) = std::env::var("BYOK_TEST_KMS_URL") else {
+        eprintln!("BYOK_TEST_KMS_URL is not set: skipping (bash .ci/test starts moto)");
+        return;
+    };
+    let quickstart = std::path::Path::new(crate::BIN)
+        .with_file_name("examples")
+        .join("quickstart");
+    if !quickstart.exists() {
+        eprintln!("{} was not built: skipping", quickstart.display());
+        return;
+    }
+    let arn = create_key(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let aws = [
+        ("AWS_ENDPOINT_URL", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let serve = |keyring: Option<&str>| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = std::process::Command::new(&quickstart);
+        cmd.current_dir(dir.path())
+            .env("PORT", port.to_string())
+            .env_remove("BYOK_MASTER_KEYS")
+            .env_remove("BYOK_DATABASE")
+            .envs(aws)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some(keyring) = keyring {
+            cmd.env("BYOK_MASTER_KEYS", keyring);
+        }
+        Quickstart::start(cmd, port)
+    };
+
+    let first = serve(None);
+    let stored = first.request(
+        "PUT /keys/openai",
+        "alice-token",
+        "sk-alice-demo-wrapped-0001",
+    );
+    assert!(stored.starts_with("HTTP/1.1 201"), "{stored}");
+    drop(first);
+
+    let wrap = std::process::Command::new(crate::BIN)
+        .current_dir(dir.path())
+        .args(["--keyring-file", "byok-dev-keyring.txt", "keyring", "wrap"])
+        .args(["--kms-key", &arn, "--out", "byok-keyring.wrapped"])
+        .envs(aws)
+        .env_remove("BYOK_MASTER_KEYS")
+        .output()
+        .unwrap();
+    assert!(wrap.status.success(), "{wrap:?}");
+    std::fs::remove_file(dir.path().join("byok-dev-keyring.txt")).unwrap();
+    let wrapped = std::fs::read_to_string(dir.path().join("byok-keyring.wrapped")).unwrap();
+
+    let second = serve(Some(&wrapped));
+    let chat = second.request("POST /chat", "alice-token", "");
+    assert!(chat.starts_with("HTTP/1.1 200"), "{chat}");
+    assert!(chat.contains("\"would_call\":\"openai\""), "{chat}");
+    assert!(
+        !dir.path().join("byok-dev-keyring.txt").exists(),
+        "the quickstart fell back to a development keyring"
+    );
+}
+
+/// The quickstart example as a process, killed on drop.
+struct Quickstart {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Quickstart {
+    fn start(mut cmd: std::process::Command, port: u16) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the quickstart exited: {status}");
+            }
+            assert!(std::time::Instant::now() < deadline, "no quickstart");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    /// One HTTP/1.1 request as the bearer `token`: the whole response.
+    fn request(&self, line: &str, token: &str, body: &str) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "{line} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    }
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
