@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use common::{master, Backend, TestDb};
-use tower_byok::{
-    AwsKms, ErrorKind, Keyring, KeyringSource, Vault, WrappedKeyring, WrappedKeyringSource,
-};
+use tower_byok::{AwsKms, ErrorKind, Keyring, KeyringSource, WrappedKeyring, WrappedKeyringSource};
 
 per_backend!(
     a_wrapped_keyring_opens_a_vault_serving_over_http,
@@ -80,24 +78,6 @@ fn write(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-async fn serve(vault: &Vault) -> common::http::Server {
-    use axum::routing::get;
-    use tower_byok::resolve::FromHeader;
-    use tower_byok::{ByokLayer, UserKeys};
-
-    let app = axum::Router::new()
-        .route(
-            "/",
-            get(|keys: UserKeys| async move {
-                keys.get("openai")
-                    .map(|k| k.expose_secret().to_owned())
-                    .unwrap_or_default()
-            }),
-        )
-        .layer(ByokLayer::new(vault.clone(), FromHeader::new("x-user")));
-    common::http::Server::start(app).await
-}
-
 /// Wrap a plain keyring, open a vault from the wrapped file, serve over HTTP; rotate
 /// the wrapped keyring (a new active key) and refresh without a restart.
 async fn a_wrapped_keyring_opens_a_vault_serving_over_http(backend: Backend) {
@@ -137,7 +117,7 @@ async fn a_wrapped_keyring_opens_a_vault_serving_over_http(backend: Backend) {
         .put("alice", "openai", "sk-alice-under-kms-0123")
         .await
         .unwrap();
-    let server = serve(&vault).await;
+    let server = common::http::Server::serve_openai(&vault).await;
     let (code, _, body) = server.get("/", Some("alice")).await;
     assert_eq!(
         (code.as_u16(), body.as_str()),
@@ -165,15 +145,10 @@ async fn a_wrapped_keyring_opens_a_vault_serving_over_http(backend: Backend) {
         let (code, _, body) = server.get("/", Some(user)).await;
         assert_eq!((code.as_u16(), body.as_str()), (200, key));
     }
-    let mut usage: Vec<_> = vault
-        .master_key_usage()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|u| (u.master_key_id, u.rows))
-        .collect();
-    usage.sort();
-    assert_eq!(usage, [("k1".into(), 1), ("k2".into(), 1)]);
+    assert_eq!(
+        common::usage(&vault).await,
+        [("k1".into(), 1), ("k2".into(), 1)]
+    );
 }
 
 /// A refresh that fails (here: the KMS stopped) keeps the keys already unwrapped: the
