@@ -118,13 +118,8 @@ pub(crate) enum Command {
     /// The current keys follow the new one, so every stored key still opens. Prints
     /// the next steps: deploy, rewrap, verify, retire.
     Rotate {
-        /// The new key's id.
-        #[arg(long, value_name = "NEW_ID")]
-        id: String,
-        /// Where to write the new keyring: a new file (never overwritten), or `-` for
-        /// standard output.
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        #[command(flatten)]
+        new: NewKey,
     },
 
     /// Store a user's key for a provider, replacing any earlier one.
@@ -264,14 +259,21 @@ pub(crate) enum KeyringCommand {
     /// Add a fresh master key, wrapped under the same KMS key, as the active key of a
     /// wrapped keyring (`--keyring-file` or BYOK_MASTER_KEYS). Nothing is unwrapped.
     Rotate {
-        /// The new key's id.
-        #[arg(long, value_name = "NEW_ID")]
-        id: String,
-        /// Where to write the new wrapped keyring: a new file (never overwritten), or
-        /// `-` for standard output.
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        #[command(flatten)]
+        new: NewKey,
     },
+}
+
+/// The new key of a rotation (`rotate`, `keyring rotate`) and where the keyring goes.
+#[derive(Debug, Args)]
+pub(crate) struct NewKey {
+    /// The new key's id.
+    #[arg(long, value_name = "NEW_ID")]
+    pub(crate) id: String,
+    /// Where to write the new keyring (wrapped if the current one is): a new file (never
+    /// overwritten), or `-` for standard output.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) out: PathBuf,
 }
 
 /// The legacy file formats.

@@ -34,7 +34,9 @@ pub(crate) async fn run(cli: Cli) -> CmdResult {
     let keyring_file = keyring_file.as_deref();
     match command {
         Command::Keygen { id, out } => master_keys::keygen(&id, &out),
-        Command::Rotate { id, out } => {
+        Command::Rotate {
+            new: crate::cli::NewKey { id, out },
+        } => {
             if read_wrapped(keyring_file)?.is_some() {
                 return Err(Fail::new(
                     "the keyring is wrapped: `tower-byok keyring rotate` adds a key and keeps \

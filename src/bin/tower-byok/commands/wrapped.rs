@@ -77,7 +77,9 @@ pub(super) async fn run(
             );
             Ok(())
         }
-        KeyringCommand::Rotate { id, out } => {
+        KeyringCommand::Rotate {
+            new: crate::cli::NewKey { id, out },
+        } => {
             let Some(current) = super::read_wrapped(keyring_file)? else {
                 return Err(Fail::new(
                     "the keyring is not wrapped: `tower-byok rotate` rotates a plain keyring, \
