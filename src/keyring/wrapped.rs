@@ -39,8 +39,8 @@ const MAX_CIPHERTEXT_LEN: usize = 6144;
 ///
 /// [`wrap`](Self::wrap) makes one from a plain [`Keyring`], [`rotate`](Self::rotate)
 /// adds a new active key, and a [`WrappedKeyringSource`] unwraps it when a vault opens or
-/// refreshes its keyring. `Debug` shows the scheme, the KMS key and the ids, never a
-/// ciphertext.
+/// refreshes its keyring. `Debug` shows the scheme and the ids, never a ciphertext or
+/// the KMS key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WrappedKeyring {
     scheme: String,
@@ -304,11 +304,12 @@ impl WrappedKeyring {
 
 impl fmt::Debug for WrappedKeyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the KMS key either: an ARN names an account and a key, which a log of
+        // Debug output has no need to carry.
         f.debug_struct("WrappedKeyring")
             .field("scheme", &self.scheme)
-            .field("kms_key", &self.kms_key)
             .field("ids", &self.ids().collect::<Vec<_>>())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
