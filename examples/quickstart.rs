@@ -15,7 +15,9 @@
 //!
 //! It needs no setup: keys live in `byok-quickstart.db` (or `$BYOK_DATABASE`), sealed
 //! under the master keyring from `$BYOK_MASTER_KEYS` or, failing that, a development
-//! keyring file `byok-dev-keyring.txt` it creates on first run. Then try:
+//! keyring file `byok-dev-keyring.txt` it creates on first run. `$BYOK_MASTER_KEYS` may
+//! also hold a wrapped keyring (`tower-byok keyring wrap`), unwrapped through AWS KMS at
+//! start when built with `--features aws-kms` (README "Master keys in a KMS"). Then try:
 //!
 //! ```text
 //! curl -X PUT localhost:3000/keys/openai -H 'Authorization: Bearer alice-token' --data 'sk-alice-demo-0001'
@@ -70,7 +72,7 @@ async fn auth(mut req: Request, next: Next) -> Response {
 async fn main() {
     tracing_subscriber::fmt().init();
 
-    let keyring = load_keyring();
+    let keyring = load_keyring().await;
     let db = std::env::var("BYOK_DATABASE").unwrap_or_else(|_| "byok-quickstart.db".to_owned());
     let store = SqliteStore::open(&db)
         .await
@@ -110,9 +112,13 @@ async fn main() {
     axum::serve(listener, app).await.expect("server error");
 }
 
-/// `$BYOK_MASTER_KEYS` if set (production), else the development keyring file.
-fn load_keyring() -> Keyring {
-    if std::env::var_os("BYOK_MASTER_KEYS").is_some() {
+/// `$BYOK_MASTER_KEYS` if set (production; plain or wrapped), else the development
+/// keyring file.
+async fn load_keyring() -> Keyring {
+    if let Ok(text) = std::env::var("BYOK_MASTER_KEYS") {
+        if text.starts_with("tower-byok wrapped-keyring ") {
+            return unwrap_keyring(&text).await;
+        }
         return Keyring::from_env("BYOK_MASTER_KEYS")
             .expect("BYOK_MASTER_KEYS is not a valid keyring");
     }
@@ -136,6 +142,24 @@ fn load_keyring() -> Keyring {
          In production set BYOK_MASTER_KEYS from a secret manager (never a file next to the app).\n"
     );
     Keyring::from_file(path).expect("cannot read the development keyring file")
+}
+
+/// A wrapped keyring, unwrapped once through AWS KMS (credentials, region and endpoint
+/// from the standard `AWS_*` variables).
+#[cfg(feature = "aws-kms")]
+async fn unwrap_keyring(text: &str) -> Keyring {
+    let wrapped = tower_byok::WrappedKeyring::parse(text)
+        .unwrap_or_else(|e| panic!("BYOK_MASTER_KEYS is not a valid wrapped keyring: {e}"));
+    let kms = tower_byok::AwsKms::from_env().unwrap_or_else(|e| panic!("{e}"));
+    wrapped
+        .unwrap(&kms)
+        .await
+        .unwrap_or_else(|e| panic!("cannot unwrap the keyring: {e}"))
+}
+
+#[cfg(not(feature = "aws-kms"))]
+async fn unwrap_keyring(_: &str) -> Keyring {
+    panic!("BYOK_MASTER_KEYS holds a wrapped keyring: run with `--features aws-kms`")
 }
 
 /// An error answer: a status and a fixed JSON message (never echoing input).

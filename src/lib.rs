@@ -152,7 +152,8 @@
 //! Beside the request path: `src/vault/write.rs` (storing and deleting keys),
 //! `src/vault/rotation.rs` (master-key rotation), `src/store/capability.rs` (what a store
 //! may add to the core: rotation, expiry, audit reading), `src/store/migrate.rs` (the
-//! embedded migrations), `src/keyring.rs` (master keys),
+//! embedded migrations), `src/keyring/` (master keys, keyring sources, wrapped
+//! keyrings, AWS KMS),
 //! `src/check.rs` (checks before save), `src/env_file/` (keys from a `.env` text, e.g. an
 //! upload), `src/import/` (legacy files, feature `import`), `src/test_util/` (helpers for
 //! apps' tests, feature `test-util`) and
@@ -169,6 +170,9 @@
 //! - `metrics`: counters and a histogram of the cache and the layer (hits, misses, loads
 //!   and their latency, load errors, invalidations, rejections) through the `metrics`
 //!   facade; the README's "Metrics" section lists them. Off, it costs nothing.
+//! - `aws-kms`: [`AwsKms`], AWS KMS (the official `aws-sdk-kms`) as the [`Kms`] that
+//!   unwraps a [`WrappedKeyring`]; needs Rust 1.94.1, and adds nothing to the build
+//!   when off.
 //! - `test-util`: the [`test_util`] module, for an app's own tests (a dev-dependency):
 //!   [`UserKeys`] for handler tests, in-memory and reopenable test vaults, and an
 //!   isolation check that drives the whole app as users A, B and C.
@@ -188,6 +192,10 @@
 #![cfg_attr(
     not(feature = "test-util"),
     doc = "[`test_util`]: https://docs.rs/tower-byok/latest/tower_byok/test_util/index.html"
+)]
+#![cfg_attr(
+    not(feature = "aws-kms"),
+    doc = "[`AwsKms`]: https://docs.rs/tower-byok/latest/tower_byok/struct.AwsKms.html"
 )]
 #![cfg_attr(
     not(feature = "axum"),
@@ -234,9 +242,12 @@ pub use crate::error::{Error, ErrorKind, Result};
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::extract::KeysRejection;
 pub use crate::feed::{FeedMode, FeedStatus, CHANGE_RETENTION};
+#[cfg(feature = "aws-kms")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-kms")))]
+pub use crate::keyring::AwsKms;
 pub use crate::keyring::{
     BoxFuture, CommandKeyring, EnvKeyring, FileKeyring, Keyring, KeyringSource, Kms, MasterKey,
-    MASTER_KEY_LEN,
+    WrappedKeyring, WrappedKeyringSource, MASTER_KEY_LEN, WRAPPED_KEYRING_HEADER,
 };
 pub use crate::keys::{KeyInfo, KeySource, ProviderKey, UserKeys};
 pub use crate::owner::OwnerKind;

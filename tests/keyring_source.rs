@@ -38,18 +38,6 @@ fn k1_keyring_file() -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-async fn usage(vault: &Vault) -> Vec<(String, u64)> {
-    let mut usage: Vec<_> = vault
-        .master_key_usage()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|u| (u.master_key_id, u.rows))
-        .collect();
-    usage.sort();
-    usage
-}
-
 async fn a_rotated_file_is_in_use_after_a_refresh(backend: Backend) {
     let db = TestDb::new(backend).await;
     let (_dir, path) = k1_keyring_file();
@@ -82,7 +70,10 @@ async fn a_rotated_file_is_in_use_after_a_refresh(backend: Backend) {
         .put("bob", "openai", "sk-bob-under-k2-012345")
         .await
         .unwrap();
-    assert_eq!(usage(&vault).await, [("k1".into(), 1), ("k2".into(), 1)]);
+    assert_eq!(
+        common::usage(&vault).await,
+        [("k1".into(), 1), ("k2".into(), 1)]
+    );
     vault.forget_cached("alice");
     assert_eq!(
         common::served(&vault, "alice").await.as_deref(),
@@ -361,10 +352,6 @@ async fn a_rotation_without_restart_while_serving_over_http(backend: Backend) {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use axum::routing::get;
-    use tower_byok::resolve::FromHeader;
-    use tower_byok::{ByokLayer, UserKeys};
-
     let db = TestDb::new(backend).await;
     let (_dir, path) = k1_keyring_file();
     let vault = db.open_from(FileKeyring::new(&path), None).await.unwrap();
@@ -375,17 +362,7 @@ async fn a_rotation_without_restart_while_serving_over_http(backend: Backend) {
             .await
             .unwrap();
     }
-    let app = axum::Router::new()
-        .route(
-            "/",
-            get(|keys: UserKeys| async move {
-                keys.get("openai")
-                    .map(|k| k.expose_secret().to_owned())
-                    .unwrap_or_default()
-            }),
-        )
-        .layer(ByokLayer::new(vault.clone(), FromHeader::new("x-user")));
-    let server = Arc::new(common::http::Server::start(app).await);
+    let server = Arc::new(common::http::Server::serve_openai(&vault).await);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (served, unavailable) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -445,7 +422,10 @@ async fn a_rotation_without_restart_while_serving_over_http(backend: Backend) {
     }
 
     assert_eq!(vault.keyring_status().ids, ["k2"]);
-    assert_eq!(usage(&vault).await, [("k2".into(), users.len() as u64)]);
+    assert_eq!(
+        common::usage(&vault).await,
+        [("k2".into(), users.len() as u64)]
+    );
     let served = served.load(Ordering::Relaxed);
     assert!(served > 0, "nothing was served");
     // Unavailability under load (a load past its timeout on a busy machine) is not a

@@ -1,5 +1,5 @@
 //! The [`Kms`] seam: a key management service that wraps and unwraps single master keys,
-//! for a `WrappedKeyring`.
+//! for a [`WrappedKeyring`](crate::WrappedKeyring).
 
 use zeroize::Zeroizing;
 
@@ -9,7 +9,7 @@ use crate::error::Result;
 /// A key management service that wraps (encrypts) and unwraps (decrypts) one master key
 /// at a time under a key it holds and never lets out.
 ///
-/// A `WrappedKeyring` keeps each master key as the ciphertext
+/// A [`WrappedKeyring`](crate::WrappedKeyring) keeps each master key as the ciphertext
 /// `wrap` returned, and calls `unwrap` once per master key when the vault opens or
 /// refreshes its keyring, never per request.
 ///

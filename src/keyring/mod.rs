@@ -3,15 +3,23 @@
 //! - `mod.rs`: [`MasterKey`], [`Keyring`] and the keyring text format;
 //! - `source.rs`: the [`KeyringSource`] seam and the plain sources (env, file);
 //! - `command.rs`: [`CommandKeyring`], a keyring printed by a program;
-//! - `kms.rs`: the [`Kms`] seam, for wrapped keyrings.
+//! - `kms.rs`: the [`Kms`] seam, for wrapped keyrings;
+//! - `wrapped.rs`: [`WrappedKeyring`] (the format) and [`WrappedKeyringSource`];
+//! - `aws.rs`: [`AwsKms`], the `Kms` on AWS KMS (feature `aws-kms`).
 
+#[cfg(feature = "aws-kms")]
+mod aws;
 mod command;
 mod kms;
 mod source;
+mod wrapped;
 
+#[cfg(feature = "aws-kms")]
+pub use self::aws::AwsKms;
 pub use self::command::CommandKeyring;
 pub use self::kms::Kms;
 pub use self::source::{BoxFuture, EnvKeyring, FileKeyring, KeyringSource};
+pub use self::wrapped::{WrappedKeyring, WrappedKeyringSource, WRAPPED_KEYRING_HEADER};
 
 use std::fmt;
 use std::path::Path;

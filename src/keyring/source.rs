@@ -28,7 +28,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// | [`EnvKeyring`] | an environment variable in the [text format](Keyring#text-format) |
 /// | [`FileKeyring`] | a file in the text format |
 /// | [`CommandKeyring`](crate::CommandKeyring) | the standard output of a program (`sops -d`, `gcloud kms decrypt`, `vault kv get`), with a timeout |
-/// | `WrappedKeyring` | a wrapped keyring, unwrapped by a [`Kms`](crate::Kms) |
+/// | [`WrappedKeyringSource`](crate::WrappedKeyringSource) | a [wrapped keyring](crate::WrappedKeyring) in a file or a variable, unwrapped by a [`Kms`](crate::Kms) such as `AwsKms` |
 ///
 /// Write one for anything else: `load` returns the keyring, or an [`Error`](crate::Error)
 /// made with [`Error::keyring_source`](crate::Error::keyring_source) that says what failed.

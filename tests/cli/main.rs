@@ -15,6 +15,7 @@ mod expiry;
 mod feed;
 mod import;
 mod keys;
+mod kms;
 mod master_keys;
 mod rotation;
 

@@ -14,6 +14,26 @@ pub struct Server {
 }
 
 impl Server {
+    /// An app that answers `GET /` with the caller's `openai` key (empty without one),
+    /// the caller named by the `x-user` header, served through `vault`.
+    pub async fn serve_openai(vault: &tower_byok::Vault) -> Self {
+        use axum::routing::get;
+        use tower_byok::resolve::FromHeader;
+        use tower_byok::{ByokLayer, UserKeys};
+
+        let app = axum::Router::new()
+            .route(
+                "/",
+                get(|keys: UserKeys| async move {
+                    keys.get("openai")
+                        .map(|k| k.expose_secret().to_owned())
+                        .unwrap_or_default()
+                }),
+            )
+            .layer(ByokLayer::new(vault.clone(), FromHeader::new("x-user")));
+        Self::start(app).await
+    }
+
     pub async fn start(router: axum::Router) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

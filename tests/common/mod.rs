@@ -855,3 +855,16 @@ impl TestDb {
         (vault, probe)
     }
 }
+
+/// How many rows each master key seals, sorted by master key id.
+pub async fn usage(vault: &Vault) -> Vec<(String, u64)> {
+    let mut usage: Vec<_> = vault
+        .master_key_usage()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.master_key_id, u.rows))
+        .collect();
+    usage.sort();
+    usage
+}

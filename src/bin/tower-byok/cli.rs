@@ -52,9 +52,11 @@ pub(crate) struct Cli {
     )]
     pub(crate) direct_database: Option<String>,
 
-    /// A file holding the master keyring (`ID:BASE64` lines, the active key first).
-    /// Without it, the keyring text is read from the environment variable
-    /// BYOK_MASTER_KEYS.
+    /// A file holding the master keyring (`ID:BASE64` lines, the active key first), or
+    /// a wrapped keyring (`tower-byok keyring wrap`), which is unwrapped through its KMS
+    /// (AWS credentials, region and endpoint from the standard `AWS_*` variables).
+    /// Without it, the keyring text (plain or wrapped) is read from the environment
+    /// variable BYOK_MASTER_KEYS.
     #[arg(
         long,
         global = true,
@@ -116,13 +118,8 @@ pub(crate) enum Command {
     /// The current keys follow the new one, so every stored key still opens. Prints
     /// the next steps: deploy, rewrap, verify, retire.
     Rotate {
-        /// The new key's id.
-        #[arg(long, value_name = "NEW_ID")]
-        id: String,
-        /// Where to write the new keyring: a new file (never overwritten), or `-` for
-        /// standard output.
-        #[arg(long, value_name = "PATH")]
-        out: PathBuf,
+        #[command(flatten)]
+        new: NewKey,
     },
 
     /// Store a user's key for a provider, replacing any earlier one.
@@ -234,6 +231,49 @@ pub(crate) enum Command {
         #[command(subcommand)]
         format: ImportFormat,
     },
+
+    /// Wrapped keyrings: master keys encrypted under a KMS key (feature `aws-kms`).
+    #[cfg(feature = "aws-kms")]
+    Keyring {
+        #[command(subcommand)]
+        command: KeyringCommand,
+    },
+}
+
+/// `tower-byok keyring ...`: wrapped keyrings on AWS KMS. Credentials, region and
+/// endpoint come from the standard `AWS_*` environment variables.
+#[cfg(feature = "aws-kms")]
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyringCommand {
+    /// Wrap the plain keyring (`--keyring-file` or BYOK_MASTER_KEYS) under an AWS KMS
+    /// key: each master key encrypted by KMS, the text harmless alone.
+    Wrap {
+        /// The AWS KMS key: key ARN, key id, alias name or alias ARN.
+        #[arg(long, value_name = "ARN")]
+        kms_key: String,
+        /// Where to write the wrapped keyring: a new file (never overwritten), or `-`
+        /// for standard output.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Add a fresh master key, wrapped under the same KMS key, as the active key of a
+    /// wrapped keyring (`--keyring-file` or BYOK_MASTER_KEYS). Nothing is unwrapped.
+    Rotate {
+        #[command(flatten)]
+        new: NewKey,
+    },
+}
+
+/// The new key of a rotation (`rotate`, `keyring rotate`) and where the keyring goes.
+#[derive(Debug, Args)]
+pub(crate) struct NewKey {
+    /// The new key's id.
+    #[arg(long, value_name = "NEW_ID")]
+    pub(crate) id: String,
+    /// Where to write the new keyring (wrapped if the current one is): a new file (never
+    /// overwritten), or `-` for standard output.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) out: PathBuf,
 }
 
 /// The legacy file formats.

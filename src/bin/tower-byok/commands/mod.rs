@@ -5,7 +5,7 @@ use std::str::FromStr as _;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use tower_byok::{Keyring, PoolMode, PostgresStore, SqliteStore, Vault};
+use tower_byok::{Keyring, PoolMode, PostgresStore, SqliteStore, Vault, WrappedKeyring};
 
 use crate::cli::{Cli, Command};
 use crate::files::{self};
@@ -16,6 +16,7 @@ mod import;
 mod keys;
 mod master_keys;
 mod rotation;
+mod wrapped;
 
 /// The environment variable the keyring text is read from without `--keyring-file`.
 const KEYRING_VAR: &str = "BYOK_MASTER_KEYS";
@@ -33,21 +34,37 @@ pub(crate) async fn run(cli: Cli) -> CmdResult {
     let keyring_file = keyring_file.as_deref();
     match command {
         Command::Keygen { id, out } => master_keys::keygen(&id, &out),
-        Command::Rotate { id, out } => master_keys::rotate(&load_keyring(keyring_file)?, &id, &out),
+        Command::Rotate {
+            new: crate::cli::NewKey { id, out },
+        } => {
+            if read_wrapped(keyring_file)?.is_some() {
+                return Err(Fail::new(
+                    "the keyring is wrapped: `tower-byok keyring rotate` adds a key and keeps \
+                     it wrapped",
+                ));
+            }
+            master_keys::rotate(&load_keyring(keyring_file)?, &id, &out)
+        }
+        #[cfg(feature = "aws-kms")]
+        Command::Keyring { command } => wrapped::run(command, keyring_file).await,
         command => {
-            let keyring = load_keyring(keyring_file)?;
+            let wrapped = read_wrapped(keyring_file)?;
+            let keyring = match &wrapped {
+                Some(wrapped) => wrapped::unwrap(wrapped).await?,
+                None => load_keyring(keyring_file)?,
+            };
             let database = Database {
                 url: database.as_deref(),
                 pool_mode: pool_mode.into(),
                 direct_url: direct_database.as_deref(),
             };
             let vault = open_vault(&database, keyring, &actor).await?;
-            on_vault(&vault, command).await
+            on_vault(&vault, command, wrapped.as_ref()).await
         }
     }
 }
 
-async fn on_vault(vault: &Vault, command: Command) -> CmdResult {
+async fn on_vault(vault: &Vault, command: Command, wrapped: Option<&WrappedKeyring>) -> CmdResult {
     match command {
         Command::Put {
             user,
@@ -72,9 +89,10 @@ async fn on_vault(vault: &Vault, command: Command) -> CmdResult {
             rotation::fail_on_unopened(report.failed.len())
         }
         Command::Usage => rotation::usage(vault).await,
-        Command::Retire { key_id, out } => {
-            master_keys::retire(vault, &key_id, out.as_deref()).await
-        }
+        Command::Retire { key_id, out } => match wrapped {
+            Some(wrapped) => wrapped::retire(vault, wrapped, &key_id, out.as_deref()).await,
+            None => master_keys::retire(vault, &key_id, out.as_deref()).await,
+        },
         Command::PurgeExpired => {
             let purged = vault.purge_expired().await?;
             println!("purged {purged} expired {}", plural(purged, "key", "keys"));
@@ -84,6 +102,10 @@ async fn on_vault(vault: &Vault, command: Command) -> CmdResult {
             audit::audit(vault, user.as_deref(), since, until).await
         }
         Command::Import { format } => import::import(vault, format).await,
+        #[cfg(feature = "aws-kms")]
+        Command::Keyring { .. } => Err(Fail::new(
+            "internal error: a keyring command reached the vault",
+        )),
         Command::Keygen { .. } | Command::Rotate { .. } => Err(Fail::new(
             "internal error: a keyring command reached the vault",
         )),
@@ -91,6 +113,29 @@ async fn on_vault(vault: &Vault, command: Command) -> CmdResult {
 }
 
 // ----- keyring and database -----
+
+/// The keyring of `--keyring-file` or BYOK_MASTER_KEYS when it is a wrapped keyring
+/// (told by its first line), parsed; `None` for a plain one (or none at all).
+fn read_wrapped(file: Option<&Path>) -> CmdResult<Option<WrappedKeyring>> {
+    let text = match file {
+        // An unreadable file is reported by the plain keyring's loader.
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => zeroize::Zeroizing::new(text),
+            Err(_) => return Ok(None),
+        },
+        None => match std::env::var(KEYRING_VAR) {
+            Ok(text) => zeroize::Zeroizing::new(text),
+            Err(_) => return Ok(None),
+        },
+    };
+    if !text.starts_with("tower-byok wrapped-keyring ") {
+        return Ok(None);
+    }
+    if let Some(path) = file {
+        files::warn_if_readable_by_others(path);
+    }
+    Ok(Some(WrappedKeyring::parse(&text)?))
+}
 
 fn load_keyring(file: Option<&Path>) -> CmdResult<Keyring> {
     match file {
