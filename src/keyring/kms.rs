@@ -21,7 +21,7 @@ use crate::error::Result;
 ///
 /// # A KMS of your own: HashiCorp Vault Transit
 ///
-/// The crate ships [`AwsKms`](crate::AwsKms) (feature `aws-kms`). Another service is a
+/// The crate ships `AwsKms` (feature `aws-kms`). Another service is a
 /// type of yours; this one wraps master keys with Vault's Transit engine through the
 /// app's own HTTP client (compiled here, not run against a Vault server):
 ///
