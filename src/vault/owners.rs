@@ -371,11 +371,11 @@ impl Vault {
         let own = self.inner.cache.get(user_id)?;
         let owners = self.inner.cache.owners();
         let team_keys = match team {
-            Some(team) => Some(owners.get(&owner_key(OwnerKind::Team, team))?),
+            Some(team) => Some(owners.get(owner_key(OwnerKind::Team, team))?),
             None => None,
         };
         let platform = match self.inner.platform_fallback {
-            true => Some(owners.get(&owner_key(OwnerKind::Platform, PLATFORM_ID))?),
+            true => Some(owners.get(owner_key(OwnerKind::Platform, PLATFORM_ID))?),
             false => None,
         };
         Some(chain(own, team_keys.as_ref(), platform.as_ref()))
@@ -394,7 +394,7 @@ impl Vault {
         self.inner
             .cache
             .owners()
-            .get_or_load(&owner_key(kind, owner_id), || async move {
+            .get_or_load(owner_key(kind, owner_id), || async move {
                 self.load_owner(kind, owner_id).await.inspect_err(|e| {
                     tracing::warn!(owner = kind.as_str(), error = %e, "loading an owner's keys failed");
                 })
@@ -468,7 +468,7 @@ impl Inner {
     pub(crate) fn forget(&self, kind: OwnerKind, owner_id: &str) {
         match kind {
             OwnerKind::User => self.cache.invalidate(owner_id),
-            kind => self.cache.owners().invalidate(&owner_key(kind, owner_id)),
+            kind => self.cache.owners().invalidate(owner_key(kind, owner_id)),
         }
     }
 }
