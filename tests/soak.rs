@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use common::{keyring, Backend, Opts, TestDb};
+use common::{keyring, Backend, Opts, Rng, TestDb};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -67,17 +67,6 @@ async fn handler(keys: Option<UserKeys>) -> String {
             .map(|k| format!("{}={}\n", k.provider(), k.expose_secret()))
             .collect()
     })
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 /// When a version of a user's key stopped being current: the moment the write that

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use common::{keyring, Backend, TestDb};
+use common::{keyring, Backend, Rng, TestDb};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -202,17 +202,6 @@ struct Counts {
     other_status: AtomicU64,
     transport_errors: AtomicU64,
     writes: [AtomicU64; 3],
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 /// The caller's keys, one `provider=source=secret` line each.

@@ -163,51 +163,30 @@ where
     }
 }
 
-/// A request through a resolver that can name a team, or with the platform fallback on:
-/// served the chain, the user's own keys, the team's, the platform's
-/// ([`Vault::keys_for_member`](crate::Vault::keys_for_member)), from the caches when all
-/// of them are there, else loaded in a boxed future, as a user's miss is. A request
-/// acting for no team without the fallback is a single user's, as in `call`.
+/// A request through a resolver that can name a team, or with the platform fallback on,
+/// that [`member_hit`] could not serve from the caches: without a (valid) user, or to be
+/// loaded in a boxed future, as a user's miss is: the chain, the user's own keys, the
+/// team's, the platform's ([`Vault::keys_for_member`](crate::Vault::keys_for_member)),
+/// or a single user's keys when acting for no team without the fallback.
 #[inline(never)]
-fn member<S, R, B>(
-    mut inner: S,
-    mut request: Request<B>,
-    shared: &Shared<R>,
-) -> ResponseFuture<S, B>
+fn member<S, R, B>(inner: S, request: Request<B>, shared: &Shared<R>) -> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
     R: ResolveUser<B>,
 {
+    // `member_hit` found nothing cached: no lookup again, the loads look first.
     let Some(user) = shared.resolver.resolve(&request) else {
         return no_user(inner, request, &shared.config);
     };
+    if crate::validate::user_id(&user).is_err() {
+        drop(user);
+        return no_user(inner, request, &shared.config);
+    }
     let team = shared.resolver.resolve_team(&request);
     if team.is_none() && !shared.chain {
-        // Acting for no team, without the platform's keys: a single user's request.
-        if let Some(keys) = shared.vault.cache_hit(&user) {
-            drop(user);
-            return match prepare(&mut request, keys, &shared.config) {
-                Ok(()) => ResponseFuture::inner(inner.call(request)),
-                Err(rejection) => ResponseFuture::reject(rejection, &shared.config),
-            };
-        }
-        if crate::validate::user_id(&user).is_err() {
-            drop(user);
-            return no_user(inner, request, &shared.config);
-        }
+        // Acting for no team, without the platform's keys: a single user's miss.
         let user = user.into_owned();
         return load(inner, request, user, shared);
-    }
-    if let Some(keys) = shared.vault.member_cache_hit(&user, team.as_deref()) {
-        drop((user, team));
-        return match prepare(&mut request, keys, &shared.config) {
-            Ok(()) => ResponseFuture::inner(inner.call(request)),
-            Err(rejection) => ResponseFuture::reject(rejection, &shared.config),
-        };
-    }
-    if crate::validate::user_id(&user).is_err() {
-        drop((user, team));
-        return no_user(inner, request, &shared.config);
     }
     let (user, team) = (user.into_owned(), team.map(Cow::into_owned));
     let vault = shared.vault.clone();

@@ -890,3 +890,17 @@ pub async fn usage(vault: &Vault) -> Vec<(String, u64)> {
     usage.sort();
     usage
 }
+
+/// A small xorshift generator for the soak tests' random choices: seeded per task, so a
+/// run's choices do not depend on a shared generator's lock.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
