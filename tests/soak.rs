@@ -35,7 +35,7 @@ use axum::Router;
 use bytes::Bytes;
 use common::{keyring, Backend, Opts, Rng, TestDb};
 use http::StatusCode;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_byok::resolve::FromHeader;
@@ -206,12 +206,7 @@ async fn isolation_soak(backend: Backend) {
                         .body(Full::default())
                         .unwrap();
                     let t0 = Instant::now();
-                    let exchange = async {
-                        let response = client.request(request).await?;
-                        let status = response.status();
-                        let body = response.into_body().collect().await?.to_bytes();
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-                    };
+                    let exchange = common::http::exchange(&client, request);
                     let outcome = match cancel_after {
                         Some(after) => match tokio::time::timeout(after, exchange).await {
                             Ok(outcome) => outcome,

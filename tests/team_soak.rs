@@ -37,7 +37,7 @@ use axum::Router;
 use bytes::Bytes;
 use common::{keyring, Backend, Rng, TestDb};
 use http::StatusCode;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_byok::resolve::FromHeader;
@@ -362,12 +362,7 @@ async fn team_chain_soak(backend: Backend) {
                     }
                     let request = request.body(Full::default()).unwrap();
                     let t0 = Instant::now();
-                    let exchange = async {
-                        let response = client.request(request).await?;
-                        let status = response.status();
-                        let body = response.into_body().collect().await?.to_bytes();
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-                    };
+                    let exchange = common::http::exchange(&client, request);
                     let (status, body) = match exchange.await {
                         Ok(done) => done,
                         Err(_) => {
