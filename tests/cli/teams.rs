@@ -127,6 +127,15 @@ async fn team_and_platform_keys_through_the_binary(backend: Backend) {
     let trail = vault.audit_trail_for(Owner::team(team)).await.unwrap();
     assert_eq!(trail.len(), 4, "two puts, an expiry, the policy: {trail:?}");
     assert!(trail.iter().all(|r| r.actor == "cli"));
+    // The CLI's audit of the team: its records only, by reference, never its id.
+    let audit = env.run(&args(&["audit", "--team", team]), None).ok();
+    let team_ref = vault.owner_ref(Owner::team(team));
+    assert_eq!(audit.stdout.matches(&team_ref).count(), 4, "{audit:#?}");
+    audit.says("policy");
+    assert!(!audit.stdout.contains(team));
+    env.run(&args(&["audit", "--platform"]), None)
+        .ok()
+        .says(&vault.owner_ref(Owner::platform()));
     env.run(
         &args(&["team-policy", "--team", team, "--set", "members-keys"]),
         None,
@@ -197,6 +206,8 @@ async fn an_owner_is_exactly_one_of_user_team_and_platform(backend: Backend) {
     }
     env.run(&args(&["list"]), None)
         .fails(2, "the following required arguments were not provided");
+    env.run(&args(&["audit", "--user", "alice", "--team", "acme"]), None)
+        .fails(2, "cannot be used with");
     // A bad team id: a typed error that does not repeat it.
     let out = env
         .run(&args(&["list", "--team", " acme"]), None)

@@ -223,11 +223,17 @@ pub(crate) enum Command {
 
     /// Show the audit trail: who changed which key, and when.
     ///
-    /// Users appear as keyed hashes, never by id.
+    /// Users and teams appear as keyed hashes, never by id.
     Audit {
         /// Only this user's records.
-        #[arg(long)]
+        #[arg(long, value_name = "ID", conflicts_with_all = ["team", "platform"])]
         user: Option<String>,
+        /// Only this team's records (its keys and its policy).
+        #[arg(long, value_name = "ID", conflicts_with = "platform")]
+        team: Option<String>,
+        /// Only the platform's records.
+        #[arg(long)]
+        platform: bool,
         /// Only records at or after this time: RFC 3339 (`2026-11-22T10:00:00Z`), a
         /// date (`2026-11-22`), or Unix seconds.
         #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]

@@ -107,8 +107,19 @@ async fn on_vault(vault: &Vault, command: Command, wrapped: Option<&WrappedKeyri
             println!("purged {purged} expired {}", plural(purged, "key", "keys"));
             Ok(())
         }
-        Command::Audit { user, since, until } => {
-            audit::audit(vault, user.as_deref(), since, until).await
+        Command::Audit {
+            user,
+            team,
+            platform,
+            since,
+            until,
+        } => {
+            let owner = match (&user, &team) {
+                (Some(user), _) => Some(tower_byok::Owner::user(user)),
+                (None, Some(team)) => Some(tower_byok::Owner::team(team)),
+                (None, None) => platform.then(tower_byok::Owner::platform),
+            };
+            audit::audit(vault, owner, since, until).await
         }
         Command::Import { format } => import::import(vault, format).await,
         #[cfg(feature = "aws-kms")]
