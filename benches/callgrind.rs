@@ -5,9 +5,16 @@
 //! header each, polled once with a no-op waker, as in `hit_path`) through one of:
 //!
 //! - `bare`: the inner service alone;
+//! - `bare_team`: the same with a member's request (two headers), the floor of the team
+//!   variants;
 //! - `prebuilt_arc_floor`: a layer inserting a prebuilt `Arc` into the extensions;
 //! - `naive_moka_layer`: a moka `get` of the user's `Arc` per request, then the insert;
-//! - `byok_hit`: tower-byok with the user's three keys cached.
+//! - `byok_hit`: tower-byok with the user's three keys cached;
+//! - `byok_team_hit`: tower-byok for a member of a team (`x-team`), acting for it, with
+//!   no key of their own: the team's three keys served, the member's (empty) and the
+//!   team's entries both cached;
+//! - `byok_team_mixed_hit`: the same member holding one key of their own, the team the
+//!   other two: the chain merges the two sets.
 //!
 //! Only `drive_requests` is counted (`--toggle-collect`), so set-up is left out. Run
 //! `bash benches/callgrind.sh`, which prints each variant's instructions per request
@@ -42,7 +49,7 @@ use std::hint::black_box;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{service_fn, Service, ServiceBuilder};
 use tower_byok::resolve::FromHeader;
-use tower_byok::{ByokLayer, Vault};
+use tower_byok::{ByokLayer, Owner, Vault};
 
 #[path = "support/hit.rs"]
 mod hit;
@@ -58,14 +65,26 @@ fn request() -> Request<()> {
     req
 }
 
-/// The counted loop: `n` requests through `service`.
+/// A member's request: `request()` acting for `bench-team`, both headers pre-parsed.
+fn team_request() -> Request<()> {
+    const USER: HeaderName = HeaderName::from_static("x-user");
+    const TEAM: HeaderName = HeaderName::from_static("x-team");
+    let mut req = Request::new(());
+    let headers = req.headers_mut();
+    headers.insert(USER, HeaderValue::from_static("bench-member"));
+    headers.insert(TEAM, HeaderValue::from_static("bench-team"));
+    req
+}
+
+/// The counted loop: `n` requests made by `make` through `service`.
 #[inline(never)]
-fn drive_requests<S, B>(service: &mut S, n: u64)
+fn drive_requests<S, B, M>(service: &mut S, n: u64, make: M)
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    M: Fn() -> Request<()>,
 {
     for _ in 0..n {
-        black_box(ready_now(service.call(black_box(request()))).ok());
+        black_box(ready_now(service.call(black_box(make()))).ok());
     }
 }
 
@@ -88,6 +107,10 @@ fn main() {
             let mut s = inner;
             run(&mut s, n);
         }
+        "bare_team" => {
+            let mut s = inner;
+            run_with(&mut s, n, team_request);
+        }
         "prebuilt_arc_floor" => run(&mut prebuilt_arc_floor(inner), n),
         "naive_moka_layer" => run(&mut naive_moka_layer(inner), n),
         "byok_miss" => {
@@ -105,6 +128,31 @@ fn main() {
             // Inside the runtime, as a server would be.
             let _guard = rt.enter();
             run(&mut s, n);
+        }
+        "byok_team_hit" | "byok_team_mixed_hit" => {
+            let (rt, vault) = cached_vault();
+            rt.block_on(async {
+                let team = Owner::team("bench-team");
+                if variant == "byok_team_mixed_hit" {
+                    let own = "sk-proj-member-0001";
+                    vault.put("bench-member", "openai", own).await.expect("put");
+                }
+                for (provider, secret) in [
+                    ("openai", "sk-proj-team-0001"),
+                    ("gemini", "AIza-team-0002"),
+                    ("exa", "exa-team-0003"),
+                ] {
+                    vault.put_for(team, provider, secret).await.expect("put");
+                }
+                let keys = vault.keys_for_member("bench-member", Some("bench-team"));
+                assert_eq!(keys.await.expect("warm the caches").len(), 3);
+            });
+            let resolver = FromHeader::new("x-user").with_team_header("x-team");
+            let mut s = ServiceBuilder::new()
+                .layer(ByokLayer::new(vault, resolver))
+                .service(inner);
+            let _guard = rt.enter();
+            run_with(&mut s, n, team_request);
         }
         #[cfg(feature = "axum")]
         "axum_bare" | "axum_floor" | "axum_byok" => axum_server(variant, n),
@@ -136,10 +184,19 @@ fn run<S, B>(service: &mut S, n: u64)
 where
     S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
 {
+    run_with(service, n, request);
+}
+
+/// [`run`] with the requests `make` makes.
+fn run_with<S, B, M>(service: &mut S, n: u64, make: M)
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    M: Fn() -> Request<()>,
+{
     for _ in 0..1_000 {
-        black_box(ready_now(service.call(request())).ok());
+        black_box(ready_now(service.call(make())).ok());
     }
-    drive_requests(service, n);
+    drive_requests(service, n, make);
 }
 
 /// The counted loop of the `miss_*` variants: `n` runs of `one` (its name matches

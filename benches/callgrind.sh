@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request on a cache hit, counted by callgrind (exact, repeatable on a
-# noisy machine), minus the bare service's. See benches/callgrind.rs for the variants.
+# noisy machine), minus the bare service's, and a team member's hit as a multiple of a
+# single user's. See benches/callgrind.rs for the variants.
 #
 #   bash benches/callgrind.sh [requests]      (default 100000)
 #   bash benches/callgrind.sh server [requests] (default 2000): instructions per request
@@ -64,7 +65,16 @@ echo "driver $exe, $n requests each"
 bare=$(count bare)
 printf '%-20s %10s %12s\n' variant Ir/request 'over bare'
 printf '%-20s %10.1f %12s\n' bare "$(echo "$bare / $n" | bc -l)" -
-for v in prebuilt_arc_floor naive_moka_layer byok_hit; do
+for v in prebuilt_arc_floor naive_moka_layer byok_hit byok_team_hit byok_team_mixed_hit; do
   ir=$(count "$v")
   printf '%-20s %10.1f %12.1f\n' "$v" "$(echo "$ir / $n" | bc -l)" "$(echo "($ir - $bare) / $n" | bc -l)"
+  declare "ir_$v=$ir"
+done
+# Issue 19's target: a member's hit at most 1.6x a single user's, each over its bare
+# service (a member's request carries a second header, which the bare service builds too).
+bare_team=$(count bare_team)
+printf '%-20s %10.1f %12s\n' bare_team "$(echo "$bare_team / $n" | bc -l)" -
+for v in byok_team_hit byok_team_mixed_hit; do
+  t=ir_$v
+  printf '%-20s %10.1f %12.3fx byok_hit (each over its bare)\n' "$v" "$(echo "(${!t} - $bare_team) / $n" | bc -l)" "$(echo "(${!t} - $bare_team) / ($ir_byok_hit - $bare)" | bc -l)"
 done

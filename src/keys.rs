@@ -256,6 +256,15 @@ impl UserKeys {
 
     /// This set, plus the keys of `fallback` for providers this set lacks.
     pub(crate) fn or_else_from(self, fallback: &UserKeys) -> Self {
+        if self.keys.is_empty() {
+            // A member without keys of their own, the usual case: the fallback's set
+            // itself, shared, not copied key by key (BENCHMARKS.md §1, issue 19).
+            return Self {
+                keys: fallback.keys.clone(),
+                stale: self.stale,
+                team_keys_only: false,
+            };
+        }
         if fallback.keys.iter().all(|k| self.contains(k.provider())) {
             return self;
         }

@@ -1,6 +1,6 @@
 //! Operational metrics through the [`metrics`](https://docs.rs/metrics) facade, with the
 //! feature `metrics`: the cache's hits, misses and loads, load latency and errors,
-//! invalidations and the layer's rejections.
+//! invalidations, the keys the layer served by their source, and the layer's rejections.
 //!
 //! Every call site goes through the functions here. Without the feature they are empty
 //! inline functions and [`CacheCounters`] and [`LoadTimer`] are zero-sized, so a build
@@ -22,6 +22,7 @@ use std::time::Instant;
 use http::StatusCode;
 
 use crate::error::ErrorKind;
+use crate::keys::UserKeys;
 
 const HITS: &str = "tower_byok_cache_hits_total";
 const MISSES: &str = "tower_byok_cache_misses_total";
@@ -32,6 +33,7 @@ const STALE: &str = "tower_byok_stale_served_total";
 const INVALIDATIONS: &str = "tower_byok_invalidations_total";
 const REJECTIONS: &str = "tower_byok_rejections_total";
 const KEYRING_REFRESHES: &str = "tower_byok_keyring_refreshes_total";
+const SERVED: &str = "tower_byok_keys_served_total";
 
 /// Where an invalidation came from.
 #[derive(Clone, Copy)]
@@ -84,6 +86,11 @@ fn describe() {
             KEYRING_REFRESHES,
             Unit::Count,
             "Keyring refreshes from the vault's keyring source, by result: ok or the error kind."
+        );
+        describe_counter!(
+            SERVED,
+            Unit::Count,
+            "Keys the layer put into requests, by where each came from: user, team, platform or environment."
         );
         describe_counter!(
             REJECTIONS,
@@ -144,6 +151,56 @@ impl CacheCounters {
     pub(crate) fn stale_served(&self) {
         #[cfg(feature = "metrics")]
         self.stale.increment(1);
+    }
+}
+
+/// The counters of keys served, one per source, registered when the layer is made, so
+/// that counting a served key is one atomic add, as a cache hit is.
+#[derive(Clone)]
+pub(crate) struct ServedCounters {
+    #[cfg(feature = "metrics")]
+    by_source: [::metrics::Counter; 4],
+}
+
+impl Default for ServedCounters {
+    fn default() -> Self {
+        describe();
+        #[cfg(feature = "metrics")]
+        {
+            // The label values: a closed set, one per `KeySource`. `database` is the
+            // user's own key, labelled `user` beside `team` and `platform`.
+            let counter = |source: &'static str| ::metrics::counter!(SERVED, "source" => source);
+            Self {
+                by_source: [
+                    counter("user"),
+                    counter("team"),
+                    counter("platform"),
+                    counter("environment"),
+                ],
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        Self {}
+    }
+}
+
+impl ServedCounters {
+    /// The keys put into a request: one count per key, under its source.
+    #[inline]
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn served(&self, keys: &UserKeys) {
+        #[cfg(feature = "metrics")]
+        for key in keys.iter() {
+            use crate::keys::KeySource;
+            // Exhaustive on purpose: a new source must be given its label here.
+            let i = match key.source() {
+                KeySource::Database => 0,
+                KeySource::Team => 1,
+                KeySource::Platform => 2,
+                KeySource::Environment => 3,
+            };
+            self.by_source[i].increment(1);
+        }
     }
 }
 

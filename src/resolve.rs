@@ -37,6 +37,16 @@ pub trait ResolveUser<B>: Clone + Send + Sync + 'static {
         let _ = request;
         None
     }
+
+    /// Whether [`resolve_team`](Self::resolve_team) can ever name a team: `false` lets
+    /// the layer skip the team's lookup on every request. True by default, so that a
+    /// resolver overriding `resolve_team` alone is never served without its team;
+    /// override it with `false` in a resolver that names no team, to take the
+    /// single-user path directly.
+    #[inline]
+    fn names_team(&self) -> bool {
+        true
+    }
 }
 
 /// A resolver's team part when it names no team: the default of [`FromExtension`] and
@@ -191,6 +201,11 @@ where
     }
 
     #[inline]
+    fn names_team(&self) -> bool {
+        G::NAMES_TEAM
+    }
+
+    #[inline]
     fn resolve_team<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
         // Known when compiled: without a team picker, no second extension lookup.
         if !G::NAMES_TEAM {
@@ -266,6 +281,11 @@ impl<B> ResolveUser<B> for FromHeader {
 
     fn resolve_team<'r>(&self, request: &'r Request<B>) -> Option<Cow<'r, str>> {
         single_header(request, self.team.as_ref()?)
+    }
+
+    #[inline]
+    fn names_team(&self) -> bool {
+        self.team.is_some()
     }
 }
 
@@ -351,6 +371,11 @@ where
         (self.f)(request)
             .filter(|id| !id.is_empty())
             .map(Cow::Owned)
+    }
+
+    #[inline]
+    fn names_team(&self) -> bool {
+        G::NAMES_TEAM
     }
 
     #[inline]

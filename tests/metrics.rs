@@ -21,7 +21,7 @@ use http::StatusCode;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use tower_byok::resolve::FromHeader;
-use tower_byok::{ByokLayer, FileKeyring, SqliteStore, Vault};
+use tower_byok::{ByokLayer, DevEnvFallback, FileKeyring, Owner, SqliteStore, Vault};
 
 /// One documented metric: its type, unit, and each label key with its allowed values.
 #[derive(Debug)]
@@ -233,6 +233,12 @@ async fn emitted_metrics_match_the_readme_table() {
         let n = exact.count("tower_byok_rejections_total", &[("status", status)]);
         assert_eq!(n, 1, "status {status}");
     }
+    // Alice's key, on her miss and on her hit; no other request was served keys.
+    let served = "tower_byok_keys_served_total";
+    assert_eq!(exact.count(served, &[("source", "user")]), 2);
+    for source in ["team", "platform", "environment"] {
+        assert_eq!(exact.count(served, &[("source", source)]), 0, "{source}");
+    }
     let invalidations = "tower_byok_invalidations_total";
     // Local: two writes and a `forget_cached` here, the write in the other vault's own
     // cache; that write is a change the feed brings here too.
@@ -259,6 +265,47 @@ async fn emitted_metrics_match_the_readme_table() {
     let name = "tower_byok_keyring_refreshes_total";
     assert_eq!(refreshes.count(name, &[("result", "ok")]), 1);
     assert_eq!(refreshes.count(name, &[("result", "invalid_keyring")]), 1);
+
+    // Keys served by each source: a member of a team with the platform fallback on and
+    // the single-developer fallback, on a database of its own. Alice holds openai, her
+    // team gemini, the platform mistral, the environment exa: one key of each source.
+    let teams = TestDb::new(Backend::Sqlite).await;
+    let chain = teams
+        .open_teams(keyring(), true, Duration::from_millis(20))
+        .await;
+    chain.put("alice", "openai", "sk-alice-0001").await.unwrap();
+    chain
+        .put_for(Owner::team("acme"), "gemini", "AIza-acme-0001")
+        .await
+        .unwrap();
+    chain
+        .put_for(Owner::platform(), "mistral", "mistral-platform-0001")
+        .await
+        .unwrap();
+    let var = format!("TOWER_BYOK_METRICS_EXA_{}", std::process::id());
+    std::env::set_var(&var, "exa-env-0001");
+    let layer = ByokLayer::new(chain, FromHeader::new("x-user").with_team_header("x-team"))
+        .with_dev_env_fallback(DevEnvFallback::new().provider("exa", &var));
+    std::env::remove_var(&var);
+    let server = Server::start(
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(layer),
+    )
+    .await;
+    for _ in 0..3 {
+        let request = http::Request::get(format!("http://{}/", server.addr))
+            .header("x-user", "alice")
+            .header("x-team", "acme")
+            .body(Default::default())
+            .unwrap();
+        let response = server.client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let sources = all.take(&snapshotter);
+    for source in ["user", "team", "platform", "environment"] {
+        assert_eq!(sources.count(served, &[("source", source)]), 3, "{source}");
+    }
 
     // The table and the emitted series agree both ways.
     let table = documented();

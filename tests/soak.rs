@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use common::{keyring, Backend, Opts, TestDb};
+use common::{keyring, Backend, Opts, Rng, TestDb};
 use http::StatusCode;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_byok::resolve::FromHeader;
@@ -67,17 +67,6 @@ async fn handler(keys: Option<UserKeys>) -> String {
             .map(|k| format!("{}={}\n", k.provider(), k.expose_secret()))
             .collect()
     })
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 /// When a version of a user's key stopped being current: the moment the write that
@@ -217,12 +206,7 @@ async fn isolation_soak(backend: Backend) {
                         .body(Full::default())
                         .unwrap();
                     let t0 = Instant::now();
-                    let exchange = async {
-                        let response = client.request(request).await?;
-                        let status = response.status();
-                        let body = response.into_body().collect().await?.to_bytes();
-                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-                    };
+                    let exchange = common::http::exchange(&client, request);
                     let outcome = match cancel_after {
                         Some(after) => match tokio::time::timeout(after, exchange).await {
                             Ok(outcome) => outcome,

@@ -27,6 +27,7 @@ per_backend!(
     failures_over_http_never_fall_through,
     a_team_revoked_elsewhere_stops_over_http,
     the_team_comes_from_the_auth_extension,
+    a_resolver_of_its_own_that_names_a_team_is_served_the_chain,
 );
 
 const POLL: Duration = Duration::from_millis(100);
@@ -310,4 +311,44 @@ async fn the_team_comes_from_the_auth_extension(backend: Backend) {
     )
     .await;
     assert_eq!(keys, seen(&[("openai", "sk-alice-own-0001", "database")]));
+}
+
+/// A resolver written by the application, overriding `resolve_team` but not
+/// `names_team`: the default (`true`) sends its requests the member's way, so the team
+/// is never skipped, while its requests acting for no team are served as a single user.
+#[derive(Clone)]
+struct OwnResolver;
+
+impl<B> ResolveUser<B> for OwnResolver {
+    fn resolve<'r>(&self, request: &'r http::Request<B>) -> Option<std::borrow::Cow<'r, str>> {
+        let user = request.headers().get("x-own-user")?.to_str().ok()?;
+        Some(std::borrow::Cow::Borrowed(user))
+    }
+
+    fn resolve_team<'r>(&self, request: &'r http::Request<B>) -> Option<std::borrow::Cow<'r, str>> {
+        let team = request.headers().get("x-own-team")?.to_str().ok()?;
+        Some(std::borrow::Cow::Borrowed(team))
+    }
+}
+
+async fn a_resolver_of_its_own_that_names_a_team_is_served_the_chain(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let vault = db.open_teams(keyring(), false, POLL).await;
+    seed(&vault).await;
+    let server = Server::start(app(ByokLayer::new(vault.clone(), OwnResolver))).await;
+    for _ in 0..2 {
+        // A miss, then a hit.
+        let (status, keys) =
+            fetch(&server, &[("x-own-user", "alice"), ("x-own-team", "acme")]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            keys,
+            seen(&[
+                ("gemini", "AIza-acme-team-0001", "team"),
+                ("openai", "sk-alice-own-0001", "database"),
+            ])
+        );
+        let (_, keys) = fetch(&server, &[("x-own-user", "alice")]).await;
+        assert_eq!(keys, seen(&[("openai", "sk-alice-own-0001", "database")]));
+    }
 }

@@ -560,7 +560,153 @@ async fn rotation_covers_teams_and_the_platform(backend: Backend) {
     );
 }
 
+/// The housekeeping paths cover every owner: `purge_expired` sweeps teams' and the
+/// platform's expired keys as users', `delete_all_for` deletes all of one owner's keys
+/// and nobody else's, each change is in the owner's audit trail under its keyed
+/// reference, and no log line at any level holds the team's id.
+async fn housekeeping_covers_teams_and_the_platform(backend: Backend) {
+    let logs = common::logs::capture_global();
+    let db = TestDb::new(backend).await;
+    let vault = db.open_teams(keyring(), true, POLL).await;
+    let team_id = "team-7f3a-housekeeping";
+    let team = Owner::team(team_id);
+    vault
+        .put("alice", "openai", "sk-alice-own-0001")
+        .await
+        .unwrap();
+    vault
+        .put("alice", "gemini", "AIza-alice-own-0001")
+        .await
+        .unwrap();
+    vault
+        .put(team_id, "openai", "sk-user-named-like-it-0001")
+        .await
+        .unwrap();
+    vault.put_for(team, "openai", "sk-team-0001").await.unwrap();
+    vault
+        .put_for(team, "gemini", "AIza-team-0001")
+        .await
+        .unwrap();
+    vault.put_for(team, "exa", "exa-team-0001").await.unwrap();
+    vault
+        .put_for(Owner::platform(), "openai", "sk-platform-0001")
+        .await
+        .unwrap();
+    vault
+        .put_for(Owner::platform(), "exa", "exa-platform-0001")
+        .await
+        .unwrap();
+    // Served (and so cached) before anything expires.
+    let keys = vault.keys_for_member("alice", Some(team_id)).await.unwrap();
+    assert_eq!(keys.get("exa").unwrap().source(), KeySource::Team);
+
+    let past = SystemTime::now() - Duration::from_secs(1);
+    vault
+        .set_expiry("alice", "gemini", Some(past))
+        .await
+        .unwrap();
+    assert!(vault
+        .set_expiry_for(team, "openai", Some(past))
+        .await
+        .unwrap());
+    assert!(vault.set_expiry_for(team, "exa", Some(past)).await.unwrap());
+    assert!(vault
+        .set_expiry_for(Owner::platform(), "exa", Some(past))
+        .await
+        .unwrap());
+    assert_eq!(vault.purge_expired().await.unwrap(), 4);
+    assert_eq!(
+        vault.purge_expired().await.unwrap(),
+        0,
+        "nothing left to purge"
+    );
+    let left =
+        |infos: Vec<tower_byok::KeyInfo>| infos.into_iter().map(|i| i.provider).collect::<Vec<_>>();
+    assert_eq!(left(vault.list("alice").await.unwrap()), ["openai"]);
+    assert_eq!(left(vault.list_for(team).await.unwrap()), ["gemini"]);
+    assert_eq!(
+        left(vault.list_for(Owner::platform()).await.unwrap()),
+        ["openai"]
+    );
+    let trail = vault.audit_trail_for(team).await.unwrap();
+    let purged: Vec<_> = trail
+        .iter()
+        .filter(|r| r.action == AuditAction::Purge)
+        .map(|r| r.provider.as_str())
+        .collect();
+    assert_eq!(purged.len(), 2);
+    assert!(purged.contains(&"openai") && purged.contains(&"exa"));
+    assert!(trail.iter().all(|r| r.user_ref == vault.owner_ref(team)));
+    assert_ne!(vault.owner_ref(team), vault.user_ref(team_id));
+    let keys = vault.keys_for_member("alice", Some(team_id)).await.unwrap();
+    assert!(!keys.contains("exa"), "the purged team key is not served");
+
+    // All of the team's keys go, the policy and the user named like the team stay.
+    vault
+        .set_team_policy(team_id, TeamPolicy::TeamKeysOnly)
+        .await
+        .unwrap();
+    assert_eq!(vault.delete_all_for(team).await.unwrap(), 1);
+    assert_eq!(vault.delete_all_for(team).await.unwrap(), 0);
+    assert!(vault.list_for(team).await.unwrap().is_empty());
+    assert_eq!(
+        vault.team_policy(team_id).await.unwrap(),
+        TeamPolicy::TeamKeysOnly
+    );
+    assert_eq!(left(vault.list(team_id).await.unwrap()), ["openai"]);
+    let keys = vault.keys_for_member("alice", Some(team_id)).await.unwrap();
+    assert_eq!(
+        served(&keys),
+        [("openai", "sk-platform-0001", KeySource::Platform)],
+        "team keys only, and the team has none: the platform's"
+    );
+    assert_eq!(vault.delete_all_for(Owner::platform()).await.unwrap(), 1);
+    assert_eq!(vault.delete_all_for(Owner::user("alice")).await.unwrap(), 1);
+    assert!(vault
+        .keys_for_member("alice", Some(team_id))
+        .await
+        .unwrap()
+        .is_empty());
+    let deletes = vault
+        .audit_trail_for(team)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == AuditAction::Delete)
+        .count();
+    assert_eq!(deletes, 1);
+    assert_eq!(
+        vault
+            .delete_all_for(Owner::team(" bad"))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidTeamId
+    );
+
+    // A load of the team that fails logs a warning, by kind and reference only.
+    vault.put_for(team, "openai", "sk-team-0002").await.unwrap();
+    db.exec(&format!(
+        "UPDATE byok_keys SET key_id = 'k9' WHERE owner_kind = 'team' AND user_id = '{team_id}'"
+    ))
+    .await;
+    eventually_fails(&vault, "alice", Some(team_id), ErrorKind::UnknownMasterKey).await;
+    let text = logs.text();
+    assert!(
+        text.contains("loading an owner's keys failed"),
+        "the warning was logged"
+    );
+    // The crate's lines (its targets are `tower_byok::...`); the test's own raw SQL above
+    // names the team, as an operator's would.
+    let leaks: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("tower_byok") && l.contains(team_id))
+        .collect();
+    assert!(leaks.is_empty(), "log lines hold the team id: {leaks:#?}");
+}
+
 per_backend!(
+    housekeeping_covers_teams_and_the_platform,
     rotation_covers_teams_and_the_platform,
     a_team_change_reaches_members_without_reloading_them,
     chain_falls_through_in_order,

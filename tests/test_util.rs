@@ -302,9 +302,134 @@ async fn a_plain_tower_service_with_a_trusted_header_passes() {
         .assert_ok();
 }
 
+/// A plain service behind the layer with `resolver`, answering with the keys it got.
+fn service_app<R: tower_byok::resolve::ResolveUser<String>>(
+    vault: Vault,
+    resolver: R,
+) -> impl tower::Service<
+    HttpRequest<String>,
+    Response = http::Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> {
+    ServiceBuilder::new()
+        .layer(ByokLayer::new(vault, resolver))
+        .service(service_fn(|req: HttpRequest<String>| async move {
+            let keys = req.extensions().get::<UserKeys>().cloned();
+            Ok::<_, Infallible>(http::Response::new(Full::<Bytes>::from(show(
+                &keys.unwrap_or_default(),
+            ))))
+        }))
+}
+
+fn as_user(user: &str) -> HttpRequest<String> {
+    HttpRequest::get("/")
+        .header("x-user", user)
+        .body(String::new())
+        .unwrap()
+}
+
+fn as_member(user: &str, team: &str) -> HttpRequest<String> {
+    HttpRequest::get("/")
+        .header("x-user", user)
+        .header("x-team", team)
+        .body(String::new())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_correct_app_with_a_team_passes() {
+    let make_app =
+        |vault: Vault| service_app(vault, FromHeader::new("x-user").with_team_header("x-team"));
+    let report = IsolationCheck::new(make_app, as_user)
+        .providers(["openai", "gemini"])
+        .team("acme", as_member)
+        .run()
+        .await;
+    report.assert_ok();
+    // The 19 requests without a team, then twice 4 rounds of A, B and C.
+    assert_eq!(report.requests(), 19 + 12 + 12);
+}
+
 // ---------------------------------------------------------------------------------
 // The check fails where it should, naming what went wrong
 // ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_app_that_serves_the_team_to_everyone_is_reported() {
+    // The team is taken from a default, not from who is asking: every request acts for it.
+    let make_app = |vault: Vault| {
+        let resolver = tower_byok::resolve::FromFn::new(|req: &HttpRequest<String>| {
+            let user = req.headers().get("x-user")?.to_str().ok()?;
+            Some(user.to_owned())
+        })
+        .with_team(|_: &HttpRequest<String>| Some("acme".to_owned()));
+        service_app(vault, resolver)
+    };
+    let report = IsolationCheck::new(make_app, as_user)
+        .team("acme", as_member)
+        .run()
+        .await;
+    let outsiders: Vec<_> = report
+        .failures()
+        .iter()
+        .map(|f| match f {
+            IsolationFailure::ServedTeamKey {
+                phase,
+                user,
+                provider,
+                masked,
+            } => {
+                assert!(masked.contains('…'), "masked: {masked}");
+                format!("{phase:?} {user} served the team's {provider}")
+            }
+            other => panic!("only team keys served to outsiders: {other}"),
+        })
+        .collect();
+    // C, who has no key of their own, is served the team's; B's own key wins.
+    assert_eq!(outsiders, ["Team C served the team's openai"]);
+    assert!(report
+        .to_string()
+        .contains("with a team: user C, outside the team, was served the team's openai key sk-"));
+}
+
+#[tokio::test]
+async fn an_app_that_ignores_the_team_is_reported() {
+    let make_app = |vault: Vault| service_app(vault, FromHeader::new("x-user"));
+    let report = IsolationCheck::new(make_app, as_user)
+        .providers(["openai", "gemini"])
+        .team("acme", as_member)
+        .run()
+        .await;
+    let missing: Vec<_> = report
+        .failures()
+        .iter()
+        .map(|f| match f {
+            IsolationFailure::MissingTeamKey {
+                phase,
+                user,
+                provider,
+                status,
+                ..
+            } => format!("{phase:?} {user} missing the team's {provider} ({status})"),
+            other => panic!("only the member's missing team keys: {other}"),
+        })
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            "Team A missing the team's openai (200 OK)",
+            "Team A missing the team's gemini (200 OK)",
+        ]
+    );
+}
+
+#[test]
+#[should_panic(expected = "IsolationCheck::team")]
+fn a_bad_team_id_is_refused() {
+    let make_app = |vault: Vault| service_app(vault, FromHeader::new("x-user"));
+    let _ = IsolationCheck::new(make_app, as_user).team(" acme", as_member);
+}
 
 #[tokio::test]
 async fn the_global_env_key_bug_is_reported() {

@@ -274,7 +274,7 @@ impl Invalidate for KeyCache {
     fn owner(&self, kind: crate::owner::OwnerKind, owner_id: &str) {
         // The team's (or the platform's) one entry: its members' entries stay.
         self.owners()
-            .invalidate(&crate::cache::owner_key(kind, owner_id));
+            .invalidate(crate::cache::owner_key(kind, owner_id));
         metrics::invalidated(Source::Feed, Scope::User);
     }
 

@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use super::rejection::Rejection;
 use crate::keys::{KeySource, ProviderKey, UserKeys};
+use crate::metrics::ServedCounters;
 use crate::validate;
 
 /// Makes the response for a [`Rejection`], in place of the layer's default JSON.
@@ -23,6 +24,8 @@ pub(crate) struct Config {
     pub(crate) dev_env: Option<UserKeys>,
     /// The application's own rejection responses, if it has any.
     pub(crate) responder: Option<RejectionResponder>,
+    /// Counts the keys served, by source (feature `metrics`; else empty).
+    pub(crate) served: ServedCounters,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ pub(crate) fn prepare<B>(
             .collect();
         return Err(Rejection::MissingProviders { missing });
     }
+    config.served.served(&keys);
     request.extensions_mut().insert(keys);
     Ok(())
 }

@@ -10,7 +10,7 @@ use tower_service::Service;
 use super::config::{prepare, Config};
 use super::future::ResponseFuture;
 use super::rejection::Rejection;
-use crate::keys::NoUser;
+use crate::keys::{NoUser, UserKeys};
 use crate::resolve::ResolveUser;
 use crate::vault::Vault;
 
@@ -91,11 +91,20 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
 
         let shared = &*self.shared;
-        // A request acting for a team, or any request when the platform's keys are a
-        // fallback, takes the chain. A resolver that names no team answers `None`
-        // inline, so the single-user path below costs one flag test more.
-        if shared.chain || shared.resolver.resolve_team(&request).is_some() {
-            return member(inner, request, shared);
+        // A resolver that can name a team, or any request when the platform's keys are
+        // a fallback, goes the member's way, which finds the team once. A resolver
+        // that names no team answers `false` inline, so the single-user path below
+        // costs one flag test more.
+        if shared.chain || shared.resolver.names_team() {
+            // The hit is looked up by reference, out of line; the request moves only
+            // into the inner service, as on a single user's hit.
+            return match member_hit(&request, shared) {
+                Some(keys) => match prepare(&mut request, keys, &shared.config) {
+                    Ok(()) => ResponseFuture::inner(inner.call(request)),
+                    Err(rejection) => ResponseFuture::reject(rejection, &shared.config),
+                },
+                None => member(inner, request, shared),
+            };
         }
         let Some(user) = shared.resolver.resolve(&request) else {
             return no_user(inner, request, &shared.config);
@@ -139,33 +148,45 @@ where
     ResponseFuture::load(load, inner, request, shared.config.clone())
 }
 
-/// A request served the chain: the user's own keys, the team's, the platform's
-/// ([`Vault::keys_for_member`](crate::Vault::keys_for_member)). From the caches when all
-/// of them are there; else loaded in a boxed future, as a user's miss is.
+/// A member's request (see [`member`]) served from the caches: `None` when a key set
+/// is not cached, or the request has no user.
 #[inline(never)]
-fn member<S, R, B>(
-    mut inner: S,
-    mut request: Request<B>,
-    shared: &Shared<R>,
-) -> ResponseFuture<S, B>
+fn member_hit<R, B>(request: &Request<B>, shared: &Shared<R>) -> Option<UserKeys>
+where
+    R: ResolveUser<B>,
+{
+    let user = shared.resolver.resolve(request)?;
+    let team = shared.resolver.resolve_team(request);
+    match team {
+        None if !shared.chain => shared.vault.cache_hit(&user),
+        team => shared.vault.member_cache_hit(&user, team.as_deref()),
+    }
+}
+
+/// A request through a resolver that can name a team, or with the platform fallback on,
+/// that [`member_hit`] could not serve from the caches: without a (valid) user, or to be
+/// loaded in a boxed future, as a user's miss is: the chain, the user's own keys, the
+/// team's, the platform's ([`Vault::keys_for_member`](crate::Vault::keys_for_member)),
+/// or a single user's keys when acting for no team without the fallback.
+#[inline(never)]
+fn member<S, R, B>(inner: S, request: Request<B>, shared: &Shared<R>) -> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
     R: ResolveUser<B>,
 {
+    // `member_hit` found nothing cached: no lookup again, the loads look first.
     let Some(user) = shared.resolver.resolve(&request) else {
         return no_user(inner, request, &shared.config);
     };
-    let team = shared.resolver.resolve_team(&request);
-    if let Some(keys) = shared.vault.member_cache_hit(&user, team.as_deref()) {
-        drop((user, team));
-        return match prepare(&mut request, keys, &shared.config) {
-            Ok(()) => ResponseFuture::inner(inner.call(request)),
-            Err(rejection) => ResponseFuture::reject(rejection, &shared.config),
-        };
-    }
     if crate::validate::user_id(&user).is_err() {
-        drop((user, team));
+        drop(user);
         return no_user(inner, request, &shared.config);
+    }
+    let team = shared.resolver.resolve_team(&request);
+    if team.is_none() && !shared.chain {
+        // Acting for no team, without the platform's keys: a single user's miss.
+        let user = user.into_owned();
+        return load(inner, request, user, shared);
     }
     let (user, team) = (user.into_owned(), team.map(Cow::into_owned));
     let vault = shared.vault.clone();

@@ -142,6 +142,26 @@ pub trait OwnerStore: Send + Sync {
         audit: &AuditRecord,
     ) -> impl Future<Output = Result<bool>> + Send;
 
+    /// [`ExpiryStore::expired_keys`] over the rows of `kind` only: what
+    /// [`Vault::purge_expired`](crate::Vault::purge_expired) sweeps for teams and the
+    /// platform.
+    fn expired_owner_keys(
+        &self,
+        kind: OwnerKind,
+        now: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+
+    /// [`ExpiryStore::delete_expired`] for an owner of `kind`.
+    fn delete_owner_expired(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// Whether a team lets its members' own keys win (`Some(true)`), serves only its own
     /// keys (`Some(false)`), or has no policy stored (`None`).
     fn team_policy(&self, team_id: &str) -> impl Future<Output = Result<Option<bool>>> + Send;
@@ -237,6 +257,24 @@ impl OwnerStore for Never {
         _: &str,
         _: &str,
         _: Option<i64>,
+        _: &AuditRecord,
+    ) -> Result<bool> {
+        match *self {}
+    }
+    async fn expired_owner_keys(
+        &self,
+        _: OwnerKind,
+        _: i64,
+        _: u32,
+    ) -> Result<Vec<(String, String)>> {
+        match *self {}
+    }
+    async fn delete_owner_expired(
+        &self,
+        _: OwnerKind,
+        _: &str,
+        _: &str,
+        _: i64,
         _: &AuditRecord,
     ) -> Result<bool> {
         match *self {}
@@ -402,6 +440,20 @@ pub(crate) trait DynOwner: Send + Sync {
         expires_at: Option<i64>,
         audit: &'a AuditRecord,
     ) -> BoxFuture<'a, Result<bool>>;
+    fn expired_owner_keys(
+        &self,
+        kind: OwnerKind,
+        now: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>>>;
+    fn delete_owner_expired<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+        provider: &'a str,
+        now: i64,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>>;
     fn team_policy<'a>(&'a self, team_id: &'a str) -> BoxFuture<'a, Result<Option<bool>>>;
     fn set_team_policy<'a>(
         &'a self,
@@ -470,6 +522,26 @@ impl<S: OwnerStore> DynOwner for S {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(OwnerStore::set_owner_expiry(
             self, kind, owner_id, provider, expires_at, audit,
+        ))
+    }
+    fn expired_owner_keys(
+        &self,
+        kind: OwnerKind,
+        now: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        Box::pin(OwnerStore::expired_owner_keys(self, kind, now, limit))
+    }
+    fn delete_owner_expired<'a>(
+        &'a self,
+        kind: OwnerKind,
+        owner_id: &'a str,
+        provider: &'a str,
+        now: i64,
+        audit: &'a AuditRecord,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(OwnerStore::delete_owner_expired(
+            self, kind, owner_id, provider, now, audit,
         ))
     }
     fn team_policy<'a>(&'a self, team_id: &'a str) -> BoxFuture<'a, Result<Option<bool>>> {

@@ -47,6 +47,27 @@ impl OwnerStore for Store {
             .await
     }
 
+    async fn expired_owner_keys(
+        &self,
+        kind: OwnerKind,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        self.expired_as(kind, now, limit).await
+    }
+
+    async fn delete_owner_expired(
+        &self,
+        kind: OwnerKind,
+        owner_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        self.delete_expired_as(kind, owner_id, provider, now, audit)
+            .await
+    }
+
     async fn team_policy(&self, team_id: &str) -> Result<Option<bool>> {
         let mut session = self.session().await?;
         let members_keys =

@@ -395,19 +395,7 @@ impl ExpiryStore for Store {
     }
 
     async fn expired_keys(&self, now: i64, limit: u32) -> Result<Vec<(String, String)>> {
-        let mut session = self.session().await?;
-        let expired = sqlx::query_as(concat!(
-            "SELECT user_id, provider FROM byok_keys WHERE owner_kind = 'user' AND expires_at IS NOT NULL AND expires_at <= $1 ",
-            "ORDER BY expires_at LIMIT $2"
-        ))
-        .persistent(self.prepared())
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(session.conn())
-        .await
-        .map_err(store_error)?;
-        session.finish().await.map_err(store_error)?;
-        Ok(expired)
+        self.expired_as(OwnerKind::User, now, limit).await
     }
 
     async fn delete_expired(
@@ -417,15 +405,54 @@ impl ExpiryStore for Store {
         now: i64,
         audit: &AuditRecord,
     ) -> Result<bool> {
+        self.delete_expired_as(OwnerKind::User, user_id, provider, now, audit)
+            .await
+    }
+}
+
+impl Store {
+    /// [`ExpiryStore::expired_keys`] for any owner kind.
+    pub(super) async fn expired_as(
+        &self,
+        kind: OwnerKind,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let mut session = self.session().await?;
+        let expired = sqlx::query_as(concat!(
+            "SELECT user_id, provider FROM byok_keys WHERE owner_kind = $3 AND expires_at IS NOT NULL AND expires_at <= $1 ",
+            "ORDER BY expires_at LIMIT $2"
+        ))
+        .persistent(self.prepared())
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(kind.as_str())
+        .fetch_all(session.conn())
+        .await
+        .map_err(store_error)?;
+        session.finish().await.map_err(store_error)?;
+        Ok(expired)
+    }
+
+    /// [`ExpiryStore::delete_expired`] for any owner.
+    pub(super) async fn delete_expired_as(
+        &self,
+        kind: OwnerKind,
+        user_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query(concat!(
-            "DELETE FROM byok_keys WHERE user_id = $1 AND owner_kind = 'user' AND provider = $2 ",
+            "DELETE FROM byok_keys WHERE user_id = $1 AND owner_kind = $4 AND provider = $2 ",
             "AND expires_at IS NOT NULL AND expires_at <= $3"
         ))
         .persistent(self.prepared())
         .bind(user_id)
         .bind(provider)
         .bind(now)
+        .bind(kind.as_str())
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::report::{IsolationFailure, IsolationReport, Phase, TestUser};
 use super::vault::TestVault;
-use crate::vault::Vault;
+use crate::vault::{Owner, Vault};
 
 /// How many requests each user makes at once in [`Phase::Concurrent`].
 const CONCURRENT_ROUNDS: usize = 4;
@@ -26,6 +26,13 @@ const MAX_DETAIL: usize = 300;
 type MakeApp<'a, S> = Box<dyn Fn(Vault) -> S + 'a>;
 type MakeRequest<'a, B> = Box<dyn Fn(&str) -> Request<B> + 'a>;
 type MakeStore<'a, B> = Box<dyn Fn(&str, &str, &str) -> Request<B> + 'a>;
+type MakeMemberRequest<'a, B> = Box<dyn Fn(&str, &str) -> Request<B> + 'a>;
+
+/// The team of [`IsolationCheck::team`]: its id, and how a member's request acts for it.
+struct Team<'a, B> {
+    id: String,
+    request: MakeMemberRequest<'a, B>,
+}
 
 /// Checks that an app serves each user their own keys and nobody else's, and that they
 /// survive a restart: the old shared-`.env` bugs, as a test.
@@ -38,7 +45,12 @@ type MakeStore<'a, B> = Box<dyn Fn(&str, &str, &str) -> Request<B> + 'a>;
 /// 2. **concurrently**: A and B replace their keys at the same time, then A, B and C
 ///    make several requests each, all in flight at once;
 /// 3. **after reopening the vault**: the app is dropped and rebuilt over a new vault
-///    on the same database file and keyring (a redeploy); A, B and C are served again.
+///    on the same database file and keyring (a redeploy); A, B and C are served again;
+/// 4. **with a team**, if [`team`](Self::team) names one: the team stores a key for each
+///    provider; A, a member acting for the team, and B and C, who are not, are served
+///    at the same time, several requests each; then A's own keys are deleted and they
+///    are served again. B and C must never be shown the team's keys; A, once without
+///    keys of their own, must be shown each of the team's.
 ///
 /// Each key is a fresh random secret shaped like the provider's own (`sk-…`, `AIza…`,
 /// `gsk_…`, `sk-ant-…`). A response (status, headers and body, read whole) "shows" a
@@ -95,6 +107,7 @@ pub struct IsolationCheck<'a, S, B> {
     make_app: MakeApp<'a, S>,
     request: MakeRequest<'a, B>,
     store: Option<MakeStore<'a, B>>,
+    team: Option<Team<'a, B>>,
     users: [String; 3],
     providers: Vec<String>,
 }
@@ -113,6 +126,7 @@ impl<'a, S, B> IsolationCheck<'a, S, B> {
             make_app: Box::new(make_app),
             request: Box::new(request),
             store: None,
+            team: None,
             users: ["a", "b", "c"].map(|u| format!("isolation-user-{u}")),
             providers: vec!["openai".to_owned()],
         }
@@ -180,6 +194,54 @@ impl<'a, S, B> IsolationCheck<'a, S, B> {
         self.store = Some(Box::new(store));
         self
     }
+
+    /// Adds the team cases (phase [`Phase::Team`]): user A is a member of the team
+    /// `team_id`, B and C are not. `request(user_id, team_id)` makes an authenticated
+    /// request as the user acting for the team, to the same kind of route as `request`
+    /// of [`new`](Self::new); the app's resolver must name the team (e.g.
+    /// [`FromExtension::with_team`](crate::resolve::FromExtension::with_team)). The
+    /// team's keys are stored through the vault ([`Vault::put_for`]), with the team's
+    /// default policy: a member's own key wins.
+    ///
+    /// ```
+    /// use axum::{body::Body, routing::get, Router};
+    /// use http::Request;
+    /// use tower_byok::{resolve::FromHeader, test_util::IsolationCheck, ByokLayer, UserKeys, Vault};
+    ///
+    /// async fn which_keys(keys: UserKeys) -> String {
+    ///     keys.iter().map(|k| format!("{} {}\n", k.provider(), k.masked())).collect()
+    /// }
+    ///
+    /// fn app(vault: Vault) -> Router {
+    ///     // Trusted headers set by an authenticating proxy in front.
+    ///     let resolver = FromHeader::new("x-user").with_team_header("x-team");
+    ///     Router::new().route("/which-keys", get(which_keys)).layer(ByokLayer::new(vault, resolver))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let as_user = |user: &str| Request::get("/which-keys").header("x-user", user).body(Body::empty()).unwrap();
+    /// let as_member = |user: &str, team: &str| {
+    ///     Request::get("/which-keys").header("x-user", user).header("x-team", team).body(Body::empty()).unwrap()
+    /// };
+    /// IsolationCheck::new(app, as_user).team("isolation-team", as_member).run().await.assert_ok();
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `team_id` is not a valid team id.
+    #[must_use]
+    pub fn team(mut self, team_id: &str, request: impl Fn(&str, &str) -> Request<B> + 'a) -> Self {
+        if let Err(e) = crate::validate::user_id(team_id) {
+            panic!("IsolationCheck::team: {e}");
+        }
+        self.team = Some(Team {
+            id: team_id.to_owned(),
+            request: Box::new(request),
+        });
+        self
+    }
 }
 
 impl<S, B, ResBody> IsolationCheck<'_, S, B>
@@ -199,6 +261,7 @@ where
                 failures: Vec::new(),
                 requests: 0,
             },
+            member: false,
         };
         run.all().await;
         run.report
@@ -210,6 +273,7 @@ impl<S, B> fmt::Debug for IsolationCheck<'_, S, B> {
         f.debug_struct("IsolationCheck")
             .field("providers", &self.providers)
             .field("store_through_app", &self.store.is_some())
+            .field("team", &self.team.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -224,37 +288,48 @@ struct Canary {
     masked: String,
 }
 
-struct Keys(Vec<Canary>);
+/// The check's secrets: A's and B's in `users`, the team's in `team` (their `owner`
+/// is A, the member, and never read).
+struct Keys {
+    users: Vec<Canary>,
+    team: Vec<Canary>,
+}
 
 impl Keys {
     /// Fresh random secrets with pairwise different masked forms.
     fn generate(providers: &[String]) -> Self {
         let mut keys: Vec<Canary> = Vec::new();
+        let mut fresh = |owner, generation, provider: &String| loop {
+            let secret = random_secret(provider);
+            let masked = crate::validate::mask(&secret);
+            if keys.iter().all(|k| k.masked != masked) {
+                keys.push(Canary {
+                    owner,
+                    generation,
+                    provider: provider.clone(),
+                    secret,
+                    masked,
+                });
+                return;
+            }
+        };
         for owner in [TestUser::A, TestUser::B] {
             for generation in 0..2 {
                 for provider in providers {
-                    let canary = loop {
-                        let secret = random_secret(provider);
-                        let masked = crate::validate::mask(&secret);
-                        if keys.iter().all(|k| k.masked != masked) {
-                            break Canary {
-                                owner,
-                                generation,
-                                provider: provider.clone(),
-                                secret,
-                                masked,
-                            };
-                        }
-                    };
-                    keys.push(canary);
+                    fresh(owner, generation, provider);
                 }
             }
         }
-        Self(keys)
+        // The team's, generation 2: after every user's.
+        for provider in providers {
+            fresh(TestUser::A, 2, provider);
+        }
+        let team = keys.split_off(keys.len() - providers.len());
+        Self { users: keys, team }
     }
 
     fn of(&self, owner: TestUser, generation: usize) -> impl Iterator<Item = &Canary> {
-        self.0
+        self.users
             .iter()
             .filter(move |k| k.owner == owner && k.generation == generation)
     }
@@ -262,7 +337,7 @@ impl Keys {
     /// `text` with every secret of the check replaced by its masked form, cut short.
     fn scrub(&self, text: &str) -> String {
         let mut text = text.to_owned();
-        for key in &self.0 {
+        for key in self.users.iter().chain(&self.team) {
             text = text.replace(key.secret.as_str(), &key.masked);
         }
         match text.char_indices().nth(MAX_DETAIL) {
@@ -302,6 +377,8 @@ struct Run<'c, 'a, S, B> {
     check: &'c IsolationCheck<'a, S, B>,
     keys: Keys,
     report: IsolationReport,
+    /// Whether A's requests act for the team (phase [`Phase::Team`]).
+    member: bool,
 }
 
 impl<S, B, ResBody> Run<'_, '_, S, B>
@@ -345,10 +422,50 @@ where
             Ok(v) => v,
             Err(e) => return self.vault_failed(phase, &e),
         };
-        let mut app = (self.check.make_app)(vault);
+        let mut app = (self.check.make_app)(vault.clone());
         for user in [A, B, C] {
             self.serve(&mut app, phase, &[user], &current).await;
         }
+
+        if let Some(team) = &self.check.team {
+            self.team(&mut app, &vault, &team.id, current).await;
+        }
+    }
+
+    /// Phase [`Phase::Team`]: the team stores its keys; A acts for it, B and C do not;
+    /// then A's own keys are deleted.
+    async fn team(
+        &mut self,
+        app: &mut S,
+        vault: &Vault,
+        team: &str,
+        mut current: [Option<usize>; 3],
+    ) {
+        use TestUser::{A, B, C};
+        let phase = Phase::Team;
+        for k in &self.keys.team {
+            if let Err(e) = vault
+                .put_for(Owner::team(team), &k.provider, &k.secret)
+                .await
+            {
+                let detail = self.keys.scrub(&e.to_string());
+                let provider = k.provider.clone();
+                self.report.push(IsolationFailure::TeamStoreFailed {
+                    phase,
+                    provider,
+                    detail,
+                });
+            }
+        }
+        self.member = true;
+        let users: Vec<TestUser> = (0..CONCURRENT_ROUNDS).flat_map(|_| [A, B, C]).collect();
+        self.serve(app, phase, &users, &current).await;
+        if let Err(e) = vault.delete_all(&self.check.users[A.index()]).await {
+            let detail = self.keys.scrub(&e.to_string());
+            return self.report.push(IsolationFailure::Vault { phase, detail });
+        }
+        current[A.index()] = None;
+        self.serve(app, phase, &users, &current).await;
     }
 
     fn vault_failed(&mut self, phase: Phase, e: &crate::Error) {
@@ -418,7 +535,11 @@ where
     ) {
         let mut futures = Vec::new();
         for user in users {
-            let req = (self.check.request)(&self.check.users[user.index()]);
+            let id = &self.check.users[user.index()];
+            let req = match &self.check.team {
+                Some(team) if self.member && *user == TestUser::A => (team.request)(id, &team.id),
+                _ => (self.check.request)(id),
+            };
             let call = ready(app).await.map(|()| app.call(req));
             futures.push(answer(call));
         }
@@ -460,7 +581,12 @@ where
                 });
             }
         }
-        for k in self.keys.0.iter().filter(|k| k.owner != user && shows(k)) {
+        for k in self
+            .keys
+            .users
+            .iter()
+            .filter(|k| k.owner != user && shows(k))
+        {
             found.push(IsolationFailure::ServedOthersKey {
                 phase,
                 user,
@@ -468,6 +594,27 @@ where
                 provider: k.provider.clone(),
                 masked: k.masked.clone(),
             });
+        }
+        // The team's keys: never shown to anyone not acting for it; shown to the member
+        // acting for it once they have no keys of their own.
+        let acting = self.member && user == TestUser::A;
+        for k in &self.keys.team {
+            if !acting && shows(k) {
+                found.push(IsolationFailure::ServedTeamKey {
+                    phase,
+                    user,
+                    provider: k.provider.clone(),
+                    masked: k.masked.clone(),
+                });
+            } else if acting && current[user.index()].is_none() && !shows(k) {
+                found.push(IsolationFailure::MissingTeamKey {
+                    phase,
+                    user,
+                    provider: k.provider.clone(),
+                    masked: k.masked.clone(),
+                    status: answer.status,
+                });
+            }
         }
         for failure in found {
             self.report.push(failure);

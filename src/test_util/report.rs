@@ -4,12 +4,14 @@ use std::fmt;
 
 use http::StatusCode;
 
-/// One of the check's three users: A and B store keys, C stores none.
+/// One of the check's three users: A and B store keys, C stores none. With
+/// [`IsolationCheck::team`](super::IsolationCheck::team), A is a member of the team, B
+/// and C are not.
 ///
 /// Reports name users by these letters, never by the ids the app saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TestUser {
-    /// Stores keys first.
+    /// Stores keys first; the team's member.
     A,
     /// Stores keys after A.
     B,
@@ -46,6 +48,10 @@ pub enum Phase {
     Concurrent,
     /// After the app is rebuilt over the reopened vault (a redeploy): A, B and C again.
     Reopened,
+    /// With [`IsolationCheck::team`](super::IsolationCheck::team): the team stores keys;
+    /// A, acting for the team, B and C are served at the same time, with A's own keys,
+    /// then again after A's own keys are deleted.
+    Team,
 }
 
 impl fmt::Display for Phase {
@@ -54,6 +60,7 @@ impl fmt::Display for Phase {
             Self::OneByOne => "one by one",
             Self::Concurrent => "concurrently",
             Self::Reopened => "after reopening the vault",
+            Self::Team => "with a team",
         })
     }
 }
@@ -112,6 +119,40 @@ pub enum IsolationFailure {
         /// The error, keys masked.
         detail: String,
     },
+    /// `user`, who is not the team's member (B or C), was served the team's key.
+    ServedTeamKey {
+        /// Where it was seen.
+        phase: Phase,
+        /// Who made the request.
+        user: TestUser,
+        /// The provider of the key.
+        provider: String,
+        /// The team's key, masked.
+        masked: String,
+    },
+    /// `user`, the team's member acting for it with no key of their own, was not
+    /// served the team's key for `provider`.
+    MissingTeamKey {
+        /// Where it was seen.
+        phase: Phase,
+        /// Who made the request.
+        user: TestUser,
+        /// The provider of the key.
+        provider: String,
+        /// The team's key expected, masked.
+        masked: String,
+        /// The response's status.
+        status: StatusCode,
+    },
+    /// Storing the team's key through the vault failed.
+    TeamStoreFailed {
+        /// Where it was seen.
+        phase: Phase,
+        /// The provider of the key.
+        provider: String,
+        /// What went wrong, keys masked.
+        detail: String,
+    },
     /// The check's own vault could not be opened or reopened: nothing was checked after.
     Vault {
         /// Where it was seen.
@@ -129,6 +170,9 @@ impl IsolationFailure {
             | Self::MissingOwnKey { phase, .. }
             | Self::StoreFailed { phase, .. }
             | Self::RequestFailed { phase, .. }
+            | Self::ServedTeamKey { phase, .. }
+            | Self::MissingTeamKey { phase, .. }
+            | Self::TeamStoreFailed { phase, .. }
             | Self::Vault { phase, .. } => *phase,
         }
     }
@@ -139,8 +183,10 @@ impl IsolationFailure {
             Self::ServedOthersKey { user, .. }
             | Self::MissingOwnKey { user, .. }
             | Self::StoreFailed { user, .. }
-            | Self::RequestFailed { user, .. } => Some(*user),
-            Self::Vault { .. } => None,
+            | Self::RequestFailed { user, .. }
+            | Self::ServedTeamKey { user, .. }
+            | Self::MissingTeamKey { user, .. } => Some(*user),
+            Self::TeamStoreFailed { .. } | Self::Vault { .. } => None,
         }
     }
 }
@@ -178,6 +224,29 @@ impl fmt::Display for IsolationFailure {
             Self::RequestFailed { user, detail, .. } => {
                 write!(f, "a request as user {user} failed: {detail}")
             }
+            Self::ServedTeamKey {
+                user,
+                provider,
+                masked,
+                ..
+            } => write!(
+                f,
+                "user {user}, outside the team, was served the team's {provider} key {masked}"
+            ),
+            Self::MissingTeamKey {
+                user,
+                provider,
+                masked,
+                status,
+                ..
+            } => write!(
+                f,
+                "user {user}, the team's member with no {provider} key of their own, was not \
+                 served the team's key {masked} (status {status})"
+            ),
+            Self::TeamStoreFailed {
+                provider, detail, ..
+            } => write!(f, "storing the team's {provider} key failed: {detail}"),
             Self::Vault { detail, .. } => write!(f, "the test vault failed: {detail}"),
         }
     }
@@ -281,6 +350,24 @@ mod tests {
                 phase,
                 detail: "key store error".into(),
             },
+            IsolationFailure::ServedTeamKey {
+                phase: Phase::Team,
+                user,
+                provider: "openai".into(),
+                masked: "sk-t…team".into(),
+            },
+            IsolationFailure::MissingTeamKey {
+                phase: Phase::Team,
+                user: TestUser::A,
+                provider: "openai".into(),
+                masked: "sk-t…team".into(),
+                status: StatusCode::PRECONDITION_REQUIRED,
+            },
+            IsolationFailure::TeamStoreFailed {
+                phase: Phase::Team,
+                provider: "openai".into(),
+                detail: "boom".into(),
+            },
         ]
         .map(|f| f.to_string());
         assert_eq!(
@@ -291,6 +378,9 @@ mod tests {
                 "after reopening the vault: storing user B's openai key failed: the app answered 400 Bad Request",
                 "one by one: a request as user C failed: boom",
                 "one by one: the test vault failed: key store error",
+                "with a team: user B, outside the team, was served the team's openai key sk-t…team",
+                "with a team: user A, the team's member with no openai key of their own, was not served the team's key sk-t…team (status 428 Precondition Required)",
+                "with a team: storing the team's openai key failed: boom",
             ]
         );
         let mut report = IsolationReport {

@@ -6,12 +6,12 @@ use std::time::SystemTime;
 
 use super::open::Opener;
 use super::{from_unix_ms, unix_ms, Inner, Vault};
-use crate::audit::AuditAction;
+use crate::audit::{AuditAction, AuditRecord};
 use crate::cache::owner_key;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{KeyInfo, UserKeys};
 use crate::owner::{OwnerKind, PLATFORM_ID};
-use crate::store::StoredKey;
+use crate::store::{AuditQuery, StoredKey};
 use crate::validate;
 
 /// Whose key a vault operation is about: a user, a team or the platform.
@@ -176,19 +176,56 @@ impl Vault {
         if kind == OwnerKind::User {
             return self.delete(id, provider).await;
         }
-        let provider = validate::provider(provider)?.into_owned();
+        let provider = validate::provider(provider)?;
+        Ok(!self
+            .remove_owned(kind, id, Some(&provider))
+            .await?
+            .is_empty())
+    }
+
+    /// Deletes one key (or, with no provider, all keys) of a team or the platform.
+    async fn remove_owned(
+        &self,
+        kind: OwnerKind,
+        id: &str,
+        provider: Option<&str>,
+    ) -> Result<Vec<String>> {
         self.inner.owners()?;
         let audit = self.owner_audit(kind, id, unix_ms(SystemTime::now()));
-        let owner_id = id.to_owned();
-        let deleted = self
-            .detached_write(Some(Owner { kind, id }), move |inner| async move {
-                inner
-                    .owners()?
-                    .delete_owner(kind, &owner_id, Some(&provider), &audit)
-                    .await
-            })
-            .await?;
-        Ok(!deleted.is_empty())
+        let (owner_id, provider) = (id.to_owned(), provider.map(str::to_owned));
+        self.detached_write(Some(Owner { kind, id }), move |inner| async move {
+            inner
+                .owners()?
+                .delete_owner(kind, &owner_id, provider.as_deref(), &audit)
+                .await
+        })
+        .await
+    }
+
+    /// Deletes all keys of an owner, as [`delete_all`](Self::delete_all); returns how
+    /// many there were. A team's policy stays: it is not a key.
+    ///
+    /// ```
+    /// # use tower_byok::{Keyring, MasterKey, Owner, SqliteStore, Vault};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_byok::Error> {
+    /// # let vault = Vault::open(SqliteStore::in_memory().await?, Keyring::new(MasterKey::generate("k1")?)).await?;
+    /// vault.put_for(Owner::team("acme"), "openai", "sk-team-acme-0123456789").await?;
+    /// vault.put_for(Owner::team("acme"), "gemini", "AIza-team-acme-0123456789").await?;
+    /// assert_eq!(vault.delete_all_for(Owner::team("acme")).await?, 2);
+    /// assert!(vault.list_for(Owner::team("acme")).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`put_for`](Self::put_for).
+    pub async fn delete_all_for(&self, owner: Owner<'_>) -> Result<usize> {
+        let (kind, id) = owner.validated()?;
+        if kind == OwnerKind::User {
+            return self.delete_all(id).await;
+        }
+        Ok(self.remove_owned(kind, id, None).await?.len())
     }
 
     /// Sets or clears an owner's key's expiry, as [`set_expiry`](Self::set_expiry).
@@ -217,6 +254,43 @@ impl Vault {
                 .await
         })
         .await
+    }
+
+    /// The keyed hash that stands for an owner in the audit trail and in this crate's
+    /// log lines, as [`user_ref`](Self::user_ref) for a user (which it equals): a team's
+    /// never equals any user's, so a user named like a team is no match.
+    pub fn owner_ref(&self, owner: Owner<'_>) -> String {
+        self.inner.secret.owner_ref(owner.kind, owner.id)
+    }
+
+    /// The audit trail of one owner, oldest first, as [`audit_trail`](Self::audit_trail)
+    /// for a user: every change of a team's keys and policy, recorded under its
+    /// [`owner_ref`](Self::owner_ref), never its id.
+    ///
+    /// ```
+    /// # use tower_byok::{AuditAction, Keyring, MasterKey, Owner, SqliteStore, TeamPolicy, Vault};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_byok::Error> {
+    /// # let vault = Vault::open(SqliteStore::in_memory().await?, Keyring::new(MasterKey::generate("k1")?)).await?;
+    /// let acme = Owner::team("acme");
+    /// vault.put_for(acme, "openai", "sk-team-acme-0123456789").await?;
+    /// vault.set_team_policy("acme", TeamPolicy::TeamKeysOnly).await?;
+    /// let trail = vault.audit_trail_for(acme).await?;
+    /// assert_eq!(trail.iter().map(|r| r.action).collect::<Vec<_>>(), [AuditAction::Put, AuditAction::PolicyChange]);
+    /// assert!(trail.iter().all(|r| r.user_ref == vault.owner_ref(acme)));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`audit_trail`](Self::audit_trail), with [`ErrorKind::InvalidTeamId`].
+    pub async fn audit_trail_for(&self, owner: Owner<'_>) -> Result<Vec<AuditRecord>> {
+        let (kind, id) = owner.validated()?;
+        let query = AuditQuery {
+            user_ref: Some(self.inner.secret.owner_ref(kind, id)),
+            ..AuditQuery::default()
+        };
+        self.inner.audit()?.audit_trail(&query).await
     }
 
     /// A team's policy: [`TeamPolicy::MembersKeysFirst`] unless set otherwise.
@@ -297,11 +371,11 @@ impl Vault {
         let own = self.inner.cache.get(user_id)?;
         let owners = self.inner.cache.owners();
         let team_keys = match team {
-            Some(team) => Some(owners.get(&owner_key(OwnerKind::Team, team))?),
+            Some(team) => Some(owners.get(owner_key(OwnerKind::Team, team))?),
             None => None,
         };
         let platform = match self.inner.platform_fallback {
-            true => Some(owners.get(&owner_key(OwnerKind::Platform, PLATFORM_ID))?),
+            true => Some(owners.get(owner_key(OwnerKind::Platform, PLATFORM_ID))?),
             false => None,
         };
         Some(chain(own, team_keys.as_ref(), platform.as_ref()))
@@ -320,7 +394,7 @@ impl Vault {
         self.inner
             .cache
             .owners()
-            .get_or_load(&owner_key(kind, owner_id), || async move {
+            .get_or_load(owner_key(kind, owner_id), || async move {
                 self.load_owner(kind, owner_id).await.inspect_err(|e| {
                     tracing::warn!(owner = kind.as_str(), error = %e, "loading an owner's keys failed");
                 })
@@ -394,7 +468,7 @@ impl Inner {
     pub(crate) fn forget(&self, kind: OwnerKind, owner_id: &str) {
         match kind {
             OwnerKind::User => self.cache.invalidate(owner_id),
-            kind => self.cache.owners().invalidate(&owner_key(kind, owner_id)),
+            kind => self.cache.owners().invalidate(owner_key(kind, owner_id)),
         }
     }
 }

@@ -354,35 +354,66 @@ impl Vault {
         .await
     }
 
-    /// Deletes every key whose expiry has passed, auditing each as
-    /// [`AuditAction::Purge`](crate::AuditAction::Purge); returns how many. Expired keys
-    /// are never served anyway: this reclaims the rows. Run it on a schedule.
+    /// Deletes every key whose expiry has passed, users', teams' and the platform's
+    /// alike, auditing each as [`AuditAction::Purge`](crate::AuditAction::Purge) under
+    /// its owner's reference; returns how many. Expired keys are never served anyway:
+    /// this reclaims the rows. Run it on a schedule.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Store`] when the database fails; keys purged until then stay purged.
     ///
     /// [`ErrorKind::Unsupported`] when the store is not an [`ExpiryStore`](crate::store::ExpiryStore).
+    /// A store that is an `ExpiryStore` but no [`OwnerStore`](crate::store::OwnerStore)
+    /// has only users' keys, and those are purged.
     pub async fn purge_expired(&self) -> Result<usize> {
         self.inner.expiry()?;
+        let mut purged = self.purge_expired_of(OwnerKind::User).await?;
+        if self.inner.owners().is_ok() {
+            purged += self.purge_expired_of(OwnerKind::Team).await?;
+            purged += self.purge_expired_of(OwnerKind::Platform).await?;
+        }
+        tracing::info!(purged, "purged expired keys");
+        Ok(purged)
+    }
+
+    /// [`purge_expired`](Self::purge_expired) for the owners of one kind.
+    async fn purge_expired_of(&self, kind: OwnerKind) -> Result<usize> {
         let mut purged = 0;
         loop {
             let now = unix_ms(SystemTime::now());
-            let expired = self.inner.expiry()?.expired_keys(now, PAGE).await?;
+            let expired = match kind {
+                OwnerKind::User => self.inner.expiry()?.expired_keys(now, PAGE).await?,
+                kind => {
+                    let owners = self.inner.owners()?;
+                    owners.expired_owner_keys(kind, now, PAGE).await?
+                }
+            };
             if expired.is_empty() {
                 break;
             }
             let mut progressed = false;
-            for (user_id, provider) in &expired {
-                let audit = self.audit(user_id, now);
-                let (user, provider) = (user_id.clone(), provider.clone());
+            for (owner_id, provider) in &expired {
+                let audit = self.owner_audit(kind, owner_id, now);
+                let (owner, provider) = (owner_id.clone(), provider.clone());
                 let deleted = self
-                    .detached_write(Some(Owner::user(user_id)), move |inner| async move {
-                        inner
-                            .expiry()?
-                            .delete_expired(&user, &provider, now, &audit)
-                            .await
-                    })
+                    .detached_write(
+                        Some(Owner { kind, id: owner_id }),
+                        move |inner| async move {
+                            match kind {
+                                OwnerKind::User => {
+                                    let expiry = inner.expiry()?;
+                                    expiry.delete_expired(&owner, &provider, now, &audit).await
+                                }
+                                kind => {
+                                    let owners = inner.owners()?;
+                                    owners
+                                        .delete_owner_expired(kind, &owner, &provider, now, &audit)
+                                        .await
+                                }
+                            }
+                        },
+                    )
                     .await?;
                 if deleted {
                     purged += 1;
@@ -394,7 +425,6 @@ impl Vault {
                 break;
             }
         }
-        tracing::info!(purged, "purged expired keys");
         Ok(purged)
     }
 }

@@ -1,6 +1,7 @@
 //! The `tower-byok` admin binary, run as a process against real databases (a SQLite file,
 //! and PostgreSQL with `--features postgres`): key generation, storing and listing keys,
-//! rotation, expiry, the audit trail, legacy import and errors. After every command, its
+//! rotation, expiry, the audit trail, legacy import, teams' and the platform's keys, and
+//! errors. After every command, its
 //! standard output and standard error are checked for every secret and master key the
 //! test has used: none may ever appear.
 #![cfg(feature = "cli")]
@@ -18,6 +19,7 @@ mod keys;
 mod kms;
 mod master_keys;
 mod rotation;
+mod teams;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

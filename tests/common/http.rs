@@ -76,3 +76,15 @@ impl Server {
         )
     }
 }
+
+/// Sends `request` with `client` and reads the whole answer: its status and body. For
+/// the soaks, which count each way a request can end.
+pub async fn exchange(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    request: http::Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), Box<dyn std::error::Error + Send + Sync>> {
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}

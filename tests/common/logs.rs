@@ -48,3 +48,22 @@ pub fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
         .set_default();
     (capture, guard)
 }
+
+/// A process-wide subscriber at TRACE level writing into the returned capture, installed
+/// once per test binary: it sees every thread, so every test of the binary logs into it.
+/// For checks that nothing logged anywhere holds some text.
+pub fn capture_global() -> Capture {
+    static GLOBAL: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    GLOBAL
+        .get_or_init(|| {
+            let capture = Capture::default();
+            let handle = capture.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || handle.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::TRACE)
+                .init();
+            capture
+        })
+        .clone()
+}

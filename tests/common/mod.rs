@@ -781,6 +781,28 @@ impl<S: KeyStore> tower_byok::store::OwnerStore for Probed<S> {
             .set_owner_expiry(kind, owner_id, provider, expires_at, audit)
             .await
     }
+    async fn expired_owner_keys(
+        &self,
+        kind: tower_byok::OwnerKind,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>> {
+        let owners = self.inner.owners().unwrap();
+        owners.expired_owner_keys(kind, now, limit).await
+    }
+    async fn delete_owner_expired(
+        &self,
+        kind: tower_byok::OwnerKind,
+        owner_id: &str,
+        provider: &str,
+        now: i64,
+        audit: &AuditRecord,
+    ) -> Result<bool> {
+        let owners = self.inner.owners().unwrap();
+        owners
+            .delete_owner_expired(kind, owner_id, provider, now, audit)
+            .await
+    }
     async fn team_policy(&self, team_id: &str) -> Result<Option<bool>> {
         self.inner.owners().unwrap().team_policy(team_id).await
     }
@@ -867,4 +889,18 @@ pub async fn usage(vault: &Vault) -> Vec<(String, u64)> {
         .collect();
     usage.sort();
     usage
+}
+
+/// A small xorshift generator for the soak tests' random choices: seeded per task, so a
+/// run's choices do not depend on a shared generator's lock.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
 }

@@ -122,14 +122,14 @@ pub(crate) enum Command {
         new: NewKey,
     },
 
-    /// Store a user's key for a provider, replacing any earlier one.
+    /// Store a key of a user, a team or the platform for a provider, replacing any
+    /// earlier one.
     ///
     /// The secret is read from standard input when it is piped (one trailing newline
     /// is dropped), or typed at a prompt that does not echo. It is never an argument.
     Put {
-        /// The user id.
-        #[arg(long)]
-        user: String,
+        #[command(flatten)]
+        owner: OwnerArg,
         /// The provider, e.g. `openai`.
         #[arg(long)]
         provider: String,
@@ -138,23 +138,21 @@ pub(crate) enum Command {
         expires_in: Option<std::time::Duration>,
     },
 
-    /// List a user's keys, masked.
+    /// List the keys of a user, a team or the platform, masked.
     List {
-        /// The user id.
-        #[arg(long)]
-        user: String,
+        #[command(flatten)]
+        owner: OwnerArg,
     },
 
-    /// Delete one key of a user, or all of them.
+    /// Delete one key of a user, a team or the platform, or all of them.
     #[command(group(ArgGroup::new("which").required(true).args(["provider", "all"])))]
     Delete {
-        /// The user id.
-        #[arg(long)]
-        user: String,
+        #[command(flatten)]
+        owner: OwnerArg,
         /// The provider whose key to delete.
         #[arg(long)]
         provider: Option<String>,
-        /// Delete every key of the user.
+        /// Delete every key of the owner.
         #[arg(long)]
         all: bool,
     },
@@ -162,9 +160,8 @@ pub(crate) enum Command {
     /// Set when a key stops being served, or clear its expiry.
     #[command(group(ArgGroup::new("when").required(true).args(["in_", "never"])))]
     Expire {
-        /// The user id.
-        #[arg(long)]
-        user: String,
+        #[command(flatten)]
+        owner: OwnerArg,
         /// The provider.
         #[arg(long)]
         provider: String,
@@ -207,16 +204,36 @@ pub(crate) enum Command {
         out: Option<PathBuf>,
     },
 
-    /// Delete every key whose expiry has passed.
+    /// Show a team's policy, or set it with `--set`.
+    ///
+    /// `members-keys` (the default): a member's own key wins, the team's serves the
+    /// providers the member has none for. `team-keys-only`: only the team's keys (then
+    /// the platform's) serve its members.
+    TeamPolicy {
+        /// The team id.
+        #[arg(long, value_name = "ID")]
+        team: String,
+        /// The policy to set.
+        #[arg(long, value_name = "POLICY", value_enum)]
+        set: Option<PolicyArg>,
+    },
+
+    /// Delete every key whose expiry has passed: users', teams' and the platform's.
     PurgeExpired,
 
     /// Show the audit trail: who changed which key, and when.
     ///
-    /// Users appear as keyed hashes, never by id.
+    /// Users and teams appear as keyed hashes, never by id.
     Audit {
         /// Only this user's records.
-        #[arg(long)]
+        #[arg(long, value_name = "ID", conflicts_with_all = ["team", "platform"])]
         user: Option<String>,
+        /// Only this team's records (its keys and its policy).
+        #[arg(long, value_name = "ID", conflicts_with = "platform")]
+        team: Option<String>,
+        /// Only the platform's records.
+        #[arg(long)]
+        platform: bool,
         /// Only records at or after this time: RFC 3339 (`2026-11-22T10:00:00Z`), a
         /// date (`2026-11-22`), or Unix seconds.
         #[arg(long, value_name = "TIME", value_parser = crate::time::parse_time)]
@@ -274,6 +291,52 @@ pub(crate) struct NewKey {
     /// overwritten), or `-` for standard output.
     #[arg(long, value_name = "PATH")]
     pub(crate) out: PathBuf,
+}
+
+/// Whose keys a command is about: exactly one of `--user`, `--team` and `--platform`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct OwnerArg {
+    /// The user id.
+    #[arg(long, value_name = "ID")]
+    pub(crate) user: Option<String>,
+    /// A team id: the team's keys, served to its members.
+    #[arg(long, value_name = "ID")]
+    pub(crate) team: Option<String>,
+    /// The platform's own keys, served when neither the user nor the team has one (if
+    /// the application turns the platform fallback on).
+    #[arg(long)]
+    pub(crate) platform: bool,
+}
+
+impl OwnerArg {
+    /// The owner named, and how messages name it ("the user", "the team", "the
+    /// platform"): never by its id.
+    pub(crate) fn owner(&self) -> (tower_byok::Owner<'_>, &'static str) {
+        match (&self.user, &self.team) {
+            (Some(user), _) => (tower_byok::Owner::user(user), "the user"),
+            (None, Some(team)) => (tower_byok::Owner::team(team), "the team"),
+            (None, None) => (tower_byok::Owner::platform(), "the platform"),
+        }
+    }
+}
+
+/// `--set` of `team-policy`: [`tower_byok::TeamPolicy`] on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PolicyArg {
+    /// A member's own key wins; the team's serves the providers the member has none for.
+    MembersKeys,
+    /// Only the team's keys (then the platform's) serve its members.
+    TeamKeysOnly,
+}
+
+impl From<PolicyArg> for tower_byok::TeamPolicy {
+    fn from(policy: PolicyArg) -> Self {
+        match policy {
+            PolicyArg::MembersKeys => Self::MembersKeysFirst,
+            PolicyArg::TeamKeysOnly => Self::TeamKeysOnly,
+        }
+    }
 }
 
 /// The legacy file formats.

@@ -2,23 +2,23 @@
 
 use std::time::SystemTime;
 
-use tower_byok::Vault;
+use tower_byok::{Owner, Vault};
 
 use crate::{table, time, CmdResult};
 
 pub(super) async fn audit(
     vault: &Vault,
-    user: Option<&str>,
+    owner: Option<Owner<'_>>,
     since: Option<SystemTime>,
     until: Option<SystemTime>,
 ) -> CmdResult {
-    let records = match user {
+    let records = match owner {
         None => vault.audit_log(since, until).await?,
-        Some(user) => {
-            // The vault reads one user's trail whole; the time window is applied here.
+        Some(owner) => {
+            // The vault reads one owner's trail whole; the time window is applied here.
             let (since, until) = (since.map(time::unix_ms), until.map(time::unix_ms));
             vault
-                .audit_trail(user)
+                .audit_trail_for(owner)
                 .await?
                 .into_iter()
                 .filter(|r| since.is_none_or(|s| r.at >= s) && until.is_none_or(|u| r.at < u))

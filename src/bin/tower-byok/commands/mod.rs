@@ -67,22 +67,31 @@ pub(crate) async fn run(cli: Cli) -> CmdResult {
 async fn on_vault(vault: &Vault, command: Command, wrapped: Option<&WrappedKeyring>) -> CmdResult {
     match command {
         Command::Put {
-            user,
+            owner,
             provider,
             expires_in,
-        } => keys::put(vault, &user, &provider, expires_in).await,
-        Command::List { user } => keys::list(vault, &user).await,
+        } => keys::put(vault, owner.owner(), &provider, expires_in).await,
+        Command::List { owner } => keys::list(vault, owner.owner()).await,
         Command::Delete {
-            user,
+            owner,
             provider,
             all,
-        } => keys::delete(vault, &user, provider.as_deref(), all).await,
+        } => keys::delete(vault, owner.owner(), provider.as_deref(), all).await,
         Command::Expire {
-            user,
+            owner,
             provider,
             in_,
             never,
-        } => keys::expire(vault, &user, &provider, if never { None } else { in_ }).await,
+        } => {
+            keys::expire(
+                vault,
+                owner.owner(),
+                &provider,
+                if never { None } else { in_ },
+            )
+            .await
+        }
+        Command::TeamPolicy { team, set } => keys::team_policy(vault, &team, set).await,
         Command::Rewrap { batch } => rotation::rewrap(vault, batch).await,
         Command::Verify => {
             let report = rotation::verify(vault).await?;
@@ -98,8 +107,19 @@ async fn on_vault(vault: &Vault, command: Command, wrapped: Option<&WrappedKeyri
             println!("purged {purged} expired {}", plural(purged, "key", "keys"));
             Ok(())
         }
-        Command::Audit { user, since, until } => {
-            audit::audit(vault, user.as_deref(), since, until).await
+        Command::Audit {
+            user,
+            team,
+            platform,
+            since,
+            until,
+        } => {
+            let owner = match (&user, &team) {
+                (Some(user), _) => Some(tower_byok::Owner::user(user)),
+                (None, Some(team)) => Some(tower_byok::Owner::team(team)),
+                (None, None) => platform.then(tower_byok::Owner::platform),
+            };
+            audit::audit(vault, owner, since, until).await
         }
         Command::Import { format } => import::import(vault, format).await,
         #[cfg(feature = "aws-kms")]
