@@ -82,6 +82,7 @@
 use crate::error::ErrorKind;
 use crate::keys::{ProviderKey, UserKeys};
 
+mod exchange;
 mod isolation;
 mod report;
 mod vault;
