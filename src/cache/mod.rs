@@ -31,7 +31,10 @@
 //! - with a stale-if-error bound, an entry past its TTL is served only to a load that
 //!   failed with [`ErrorKind::Store`] or [`ErrorKind::Timeout`], marked
 //!   [stale](UserKeys::is_stale), at most that bound past the TTL, never past a key's own
-//!   expiry, and never once the user (or every user) was invalidated.
+//!   expiry, and never once the user (or every user) was invalidated;
+//! - a member's merged keys, kept in the member's entry, are served only while the
+//!   owners' cache has had no insert or invalidation since they were made and none of
+//!   the owners' entries they came from has reached its end.
 //!
 //! Only user ids that passed [`validate::user_id`](crate::validate) are ever loaded or
 //! inserted (callers check before [`get_or_load`](KeyCache::get_or_load)), so a lookup
@@ -51,7 +54,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::OnceCell;
@@ -96,6 +99,22 @@ struct Entry {
     /// or the earliest key expiry if sooner. moka drops it at its own TTL, this bound
     /// counted from the insert.
     keep_until: Instant,
+    /// A member's chain, made on the first hit that acts for a team or takes the
+    /// platform's keys, and served while the owners' entries it was made from stand
+    /// ([`KeyCache::member_hit`]).
+    memo: OnceLock<Box<Memo>>,
+}
+
+/// A member's merged keys, as [`KeyCache::member_hit`] made them from this user's entry
+/// and the owners' entries.
+struct Memo {
+    team: Option<Box<str>>,
+    platform: bool,
+    /// The owners' cache's [`changes`](KeyCache::changes) read before its entries were.
+    changes: u64,
+    /// The owners' entries' earliest end: their TTL, or a key's expiry.
+    until: Option<Instant>,
+    keys: UserKeys,
 }
 
 /// One load in progress, shared by every request that misses on the same user.
@@ -124,6 +143,9 @@ pub(crate) struct KeyCache {
     entries: Entries,
     shared: Mutex<Shared>,
     inserts: Inserts,
+    /// Inserts and invalidations of any entry, counted after the entry went in or out:
+    /// a member's memo made from this cache's entries stands while the count stays.
+    changes: AtomicU64,
     hasher: Hasher,
     ttl: Duration,
     load_timeout: Duration,
@@ -171,6 +193,7 @@ impl KeyCache {
                 generations: [0; STRIPES],
             }),
             inserts: std::array::from_fn(|_| AtomicU64::new(0)),
+            changes: AtomicU64::new(0),
             hasher,
             ttl,
             load_timeout,
@@ -198,6 +221,12 @@ impl KeyCache {
     /// The cached keys of a user, without waiting: the request path's fast lane.
     #[inline]
     pub(crate) fn get(&self, user_id: &str) -> Option<UserKeys> {
+        Some(self.entry(user_id)?.keys.clone())
+    }
+
+    /// The entry of a user, if it may be served: a hit.
+    #[inline]
+    fn entry(&self, user_id: &str) -> Option<Arc<Entry>> {
         let entry = self.entries.get(user_id)?;
         // moka has checked its TTL; an entry that ends sooner says so.
         if entry
@@ -207,7 +236,67 @@ impl KeyCache {
             return None;
         }
         self.counters.hit();
-        Some(entry.keys.clone())
+        Some(entry)
+    }
+
+    /// A member's keys from the caches alone: the user's entry, and the team's and
+    /// (with `platform`) the platform's in [`owners`](Self::owners), merged by `chain`;
+    /// `None` unless all of them are cached.
+    ///
+    /// The merged set is kept in the user's entry and served again while no owner's
+    /// entry has gone in or out since it was made (the owners' cache's `changes`), and
+    /// none of those entries has reached its end: one moka read for a member's hit, as
+    /// for a single user's. A write of the user's keys drops the user's entry, memo and
+    /// all; a write of a team's or the platform's keys changes the count.
+    pub(crate) fn member_hit(
+        &self,
+        user_id: &str,
+        team: Option<&str>,
+        platform: bool,
+        chain: impl FnOnce(UserKeys, Option<&UserKeys>, Option<&UserKeys>) -> UserKeys,
+    ) -> Option<UserKeys> {
+        let entry = self.entry(user_id)?;
+        let owners = self.owners();
+        if let Some(memo) = entry.memo.get() {
+            if memo.platform == platform
+                && memo.team.as_deref() == team
+                && memo.changes == owners.changes.load(Ordering::Acquire)
+                && memo.until.is_none_or(|until| Instant::now() < until)
+            {
+                return Some(memo.keys.clone());
+            }
+        }
+        // Read before the entries: an owner's change after this read makes the memo
+        // stale at once, and one before it is seen in the entries.
+        let changes = owners.changes.load(Ordering::Acquire);
+        let team_entry = match team {
+            Some(team) => Some(owners.entry(owner_key(OwnerKind::Team, team))?),
+            None => None,
+        };
+        let platform_entry = match platform {
+            true => Some(owners.entry(owner_key(OwnerKind::Platform, ""))?),
+            false => None,
+        };
+        let keys = chain(
+            entry.keys.clone(),
+            team_entry.as_ref().map(|e| &e.keys),
+            platform_entry.as_ref().map(|e| &e.keys),
+        );
+        let until = [&team_entry, &platform_entry]
+            .into_iter()
+            .flatten()
+            .map(|e| e.serve_until.unwrap_or(e.fresh_until))
+            .min();
+        // Only the first chain made from this entry is kept; a later one (another team,
+        // or after an owner's change) is served without one until the entry is reloaded.
+        let _ = entry.memo.set(Box::new(Memo {
+            team: team.map(Box::from),
+            platform,
+            changes,
+            until,
+            keys: keys.clone(),
+        }));
+        Some(keys)
     }
 
     /// Caches freshly loaded keys. Called under the shared lock, after the generation
@@ -238,10 +327,12 @@ impl KeyCache {
                 serve_until,
                 fresh_until,
                 keep_until,
+                memo: OnceLock::new(),
             }),
         );
         // After the entry is in: a miss that reads the new count sees the entry.
         self.inserts[stripe].fetch_add(1, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// The keys of a user from the cache, or from `load` with concurrent misses for the
@@ -381,6 +472,8 @@ impl KeyCache {
         shared.generations[stripe] = shared.generations[stripe].wrapping_add(1);
         shared.flights.remove(user_id);
         self.entries.invalidate(user_id);
+        // After the entry is out: a memo made with the new count never saw it.
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Forgets every user's keys at once, and makes every load under way neither cache
@@ -394,6 +487,7 @@ impl KeyCache {
         // moka marks every entry inserted up to now invalid at once; the memory is
         // reclaimed by its housekeeping.
         self.entries.invalidate_all();
+        self.changes.fetch_add(1, Ordering::Release);
         drop(shared);
         if let Some(owners) = &self.owners {
             owners.invalidate_all();

@@ -208,6 +208,81 @@ async fn a_miss_that_raced_a_finishing_load_takes_its_keys() {
     assert!(cache.get("u").is_some());
 }
 
+/// The chain as the vault makes it, reduced: the team's keys for a member without any.
+fn team_first(own: UserKeys, team: Option<&UserKeys>, _: Option<&UserKeys>) -> UserKeys {
+    match team {
+        Some(team) if own.is_empty() => team.clone(),
+        _ => own,
+    }
+}
+
+fn secret_of(keys: &UserKeys) -> String {
+    keys.get("openai").unwrap().expose_secret().to_owned()
+}
+
+#[tokio::test]
+async fn a_members_memo_stands_only_while_the_owners_entries_do() {
+    let (cache, loads) = cache(Duration::from_millis(300), 100);
+    let owners = cache.owners();
+    load(&cache, &loads, "m", Ok(UserKeys::default()))
+        .await
+        .unwrap();
+    load(owners, &loads, "acme", Ok(keys("sk-team-1")))
+        .await
+        .unwrap();
+    let hit = |team| cache.member_hit("m", Some(team), false, team_first);
+    assert_eq!(secret_of(&hit("acme").unwrap()), "sk-team-1");
+    assert_eq!(
+        secret_of(&hit("acme").unwrap()),
+        "sk-team-1",
+        "from the memo"
+    );
+
+    // Another team: not the memo's, and not cached: no hit.
+    assert!(hit("other").is_none());
+
+    // The team's keys change (a write invalidates, a load brings the new ones).
+    owners.invalidate("acme");
+    assert!(
+        hit("acme").is_none(),
+        "the team's entry is gone: no hit from the memo"
+    );
+    load(owners, &loads, "acme", Ok(keys("sk-team-2")))
+        .await
+        .unwrap();
+    assert_eq!(secret_of(&hit("acme").unwrap()), "sk-team-2");
+
+    // Any owner's change, even another team's, retires the memo: the chain is made
+    // again from the entries (still sk-team-2).
+    load(owners, &loads, "other", Ok(keys("sk-other")))
+        .await
+        .unwrap();
+    assert_eq!(secret_of(&hit("acme").unwrap()), "sk-team-2");
+
+    // The team's entry ends before the member's: the memo ends with it. The member's
+    // entry is reloaded first so that it outlives the team's.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    cache.invalidate("m");
+    load(&cache, &loads, "m", Ok(UserKeys::default()))
+        .await
+        .unwrap();
+    assert_eq!(secret_of(&hit("acme").unwrap()), "sk-team-2");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        cache.get("m").is_some(),
+        "the member's entry is still there"
+    );
+    assert!(hit("acme").is_none(), "the team's TTL ended the memo");
+
+    // invalidate_all empties both caches.
+    load(owners, &loads, "acme", Ok(keys("sk-team-3")))
+        .await
+        .unwrap();
+    assert_eq!(secret_of(&hit("acme").unwrap()), "sk-team-3");
+    cache.invalidate_all();
+    assert!(hit("acme").is_none());
+}
+
 #[tokio::test]
 async fn a_waiter_takes_over_when_the_leader_is_cancelled() {
     let (cache, loads) = cache(Duration::from_secs(3600), 100);

@@ -368,17 +368,9 @@ impl Vault {
     /// are all cached. Ids need not have been validated: only validated ids are ever
     /// cached, so any other one misses.
     pub(crate) fn member_cache_hit(&self, user_id: &str, team: Option<&str>) -> Option<UserKeys> {
-        let own = self.inner.cache.get(user_id)?;
-        let owners = self.inner.cache.owners();
-        let team_keys = match team {
-            Some(team) => Some(owners.get(owner_key(OwnerKind::Team, team))?),
-            None => None,
-        };
-        let platform = match self.inner.platform_fallback {
-            true => Some(owners.get(owner_key(OwnerKind::Platform, PLATFORM_ID))?),
-            false => None,
-        };
-        Some(chain(own, team_keys.as_ref(), platform.as_ref()))
+        self.inner
+            .cache
+            .member_hit(user_id, team, self.inner.platform_fallback, chain)
     }
 
     /// Whether [`keys_for_member`](Self::keys_for_member) falls back to the platform's
