@@ -222,7 +222,9 @@ fn secret_of(keys: &UserKeys) -> String {
 
 #[tokio::test]
 async fn a_members_memo_stands_only_while_the_owners_entries_do() {
-    let (cache, loads) = cache(Duration::from_millis(300), 100);
+    // Wide margins (a second and more around each end), so that a slow or busy machine
+    // cannot move a step across an entry's end.
+    let (cache, loads) = cache(Duration::from_secs(3), 100);
     let owners = cache.owners();
     load(&cache, &loads, "m", Ok(UserKeys::default()))
         .await
@@ -261,13 +263,13 @@ async fn a_members_memo_stands_only_while_the_owners_entries_do() {
 
     // The team's entry ends before the member's: the memo ends with it. The member's
     // entry is reloaded first so that it outlives the team's.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     cache.invalidate("m");
     load(&cache, &loads, "m", Ok(UserKeys::default()))
         .await
         .unwrap();
     assert_eq!(secret_of(&hit("acme").unwrap()), "sk-team-2");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(
         cache.get("m").is_some(),
         "the member's entry is still there"
