@@ -245,8 +245,9 @@ impl WrappedKeyring {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidKeyring`] when `kms` is of another scheme than the one named,
-    /// or a key does not unwrap to 32 bytes; whatever `kms` fails with:
+    /// [`ErrorKind::InvalidKeyring`] when `kms` is of another scheme than the one named;
+    /// [`ErrorKind::WrappedKeyCorrupt`] when a key does not unwrap to 32 bytes; whatever
+    /// `kms` fails with:
     /// [`ErrorKind::KmsUnreachable`], [`ErrorKind::KmsAccessDenied`],
     /// [`ErrorKind::KmsKeyDisabled`] or [`ErrorKind::WrappedKeyCorrupt`]. Nothing falls
     /// back: one key that fails fails the whole keyring.
